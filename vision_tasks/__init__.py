@@ -1,0 +1,1 @@
+"""vision_tasks: multi-task computer vision on COCO data."""
