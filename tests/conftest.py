@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny synthetic COCO dataset, built once per session, and a quiet env."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from vision_tasks.data.synthetic import SyntheticPaths, generate
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Two cores: one intra-op thread per test process keeps timings predictable.
+    torch.set_num_threads(int(os.environ.get("VISION_TASKS_TEST_THREADS", "2")))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """No test reads or writes the user's dataset / weights caches."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("VISION_TASKS_CACHE", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory: pytest.TempPathFactory) -> SyntheticPaths:
+    """A few small synthetic images per split, with every annotation type."""
+    root = tmp_path_factory.mktemp("tiny_coco")
+    return generate(root, seed=0, num_train=12, num_val=6, width=160, height=120)
+
+
+@pytest.fixture
+def data_args(tiny_coco: SyntheticPaths) -> list[str]:
+    """CLI arguments pointing a task at the tiny dataset."""
+    return [
+        "--data.train_json", str(tiny_coco.train_json),
+        "--data.train_images", str(tiny_coco.train_images),
+        "--data.val_json", str(tiny_coco.val_json),
+        "--data.val_images", str(tiny_coco.val_images),
+        "--data.num_workers", "0",
+    ]  # fmt: skip

@@ -1,0 +1,83 @@
+"""End to end through the command line: every task fits, tests, reports and re-evaluates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vision_tasks.cli import evaluate_main, load_task_checkpoint, train_main
+from vision_tasks.tasks import TASKS
+
+QUICK = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "2",
+    "--trainer.limit_val_batches", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--data.batch_size", "4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tiny_coco, tmp_path_factory) -> dict:
+    """One short fit per task on the tiny dataset; returns {task: run folder}."""
+    import os
+
+    runs = {}
+    cwd = os.getcwd()
+    workdir = tmp_path_factory.mktemp("runs")
+    os.chdir(workdir)
+    try:
+        for task in TASKS:
+            data = [
+                "--data.train_json", str(tiny_coco.train_json),
+                "--data.train_images", str(tiny_coco.train_images),
+                "--data.val_json", str(tiny_coco.val_json),
+                "--data.val_images", str(tiny_coco.val_images),
+                "--data.num_workers", "0",
+            ]  # fmt: skip
+            cli = train_main(["--task", task, *data, *QUICK])
+            runs[task] = (workdir / cli.trainer.log_dir).resolve()
+    finally:
+        os.chdir(cwd)
+    return runs
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_fit_writes_checkpoints_logs_and_report(trained_runs, task: str) -> None:
+    run = trained_runs[task]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    assert (run / "metrics.csv").is_file() and list(run.glob("events.out.tfevents.*"))
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["task"] == task and report["headline"]
+    for name in report["figures"].values():
+        assert (run / "report" / name).stat().st_size > 1000
+    assert "## Headline" in (run / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_evaluate_from_checkpoint_alone_matches_training_report(trained_runs, task, tmp_path):
+    run = trained_runs[task]
+    best = sorted((run / "checkpoints").glob("best-*.ckpt"))[-1]
+    headline = evaluate_main(["--task", task, "--ckpt", str(best), "--output", str(tmp_path)])
+    trained = json.loads((run / "report" / "report.json").read_text())["headline"]
+    assert headline == pytest.approx(trained, abs=1e-6)
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_checkpoint_of_another_task_is_refused(trained_runs) -> None:
+    task, other = "classify", next((t for t in TASKS if t != "classify"), None)
+    if other is None:
+        pytest.skip("only one task registered")
+    ckpt = trained_runs[other] / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit, match=f"trained for task '{other}', not '{task}'"):
+        load_task_checkpoint(ckpt, task)
+
+
+def test_unknown_task_and_unknown_config_key_fail_clearly(data_args, capsys) -> None:
+    with pytest.raises(SystemExit, match="--task must be one of"):
+        train_main(["--task", "segmentation-typo"])
+    with pytest.raises(SystemExit):
+        train_main(["--task", "classify", "--model.not_a_parameter", "1", *data_args])
+    assert "not_a_parameter" in capsys.readouterr().err

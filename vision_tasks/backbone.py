@@ -1,0 +1,216 @@
+"""ResNet trunk shared by every task: torchvision ResNets returning multi-scale feature maps."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+}
+LEVELS = ("stem", "c2", "c3", "c4", "c5")
+STRIDES = {"stem": 2, "c2": 4, "c3": 8, "c4": 16, "c5": 32}
+# Prefixes under which a trunk's weights appear in checkpoints people commonly have on disk.
+_STRIP_PREFIXES = ("module.", "model.", "backbone.body.", "backbone.trunk.", "backbone.", "body.")
+
+
+class BackboneWeightsError(RuntimeError):
+    """Backbone weights could not be found or do not fit the architecture."""
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet that returns ``{"stem", "c2", "c3", "c4", "c5"}`` feature maps.
+
+    Args:
+        name: ``resnet18``, ``resnet34`` or ``resnet50``.
+        weights: ``imagenet`` (torchvision's weights, from its cache folder), ``none`` (random
+            init) or a path to a state dict / checkpoint holding the trunk's weights.
+        in_channels: input channels; when not 3, conv1 is adapted from the RGB filters.
+        freeze_at: 0 freezes nothing, 1 the stem, k >= 2 the stem and stages c2..c<k>.
+        norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
+        last_stride: 1 keeps c5 at stride 16 (common in re-identification), else 2.
+
+    Example:
+        >>> trunk = Backbone("resnet18", weights="none")
+        >>> {k: v.shape[1] for k, v in trunk(torch.zeros(1, 3, 64, 64)).items()}["c5"]
+        512
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet18",
+        weights: str = "imagenet",
+        in_channels: int = 3,
+        freeze_at: int = 0,
+        norm_eval: bool = False,
+        last_stride: int = 2,
+    ) -> None:
+        super().__init__()
+        if name not in ARCHITECTURES:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(ARCHITECTURES)}")
+        if not 0 <= freeze_at <= 5:
+            raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
+        build, _ = ARCHITECTURES[name]
+        resnet = build(weights=None)
+        if weights != "none":
+            resnet.load_state_dict(load_trunk_state_dict(name, weights), strict=False)
+        if in_channels != 3:
+            resnet.conv1 = adapt_first_conv(resnet.conv1, in_channels)
+        if last_stride == 1:
+            _set_last_stride_one(resnet.layer4)
+        self.name = name
+        self.norm_eval = norm_eval
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu)
+        self.maxpool = resnet.maxpool
+        self.stages = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
+        expansion = 4 if name == "resnet50" else 1
+        widths = (64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion)
+        self.out_channels: dict[str, int] = dict(zip(LEVELS, widths))
+        self.strides: dict[str, int] = dict(STRIDES)
+        if last_stride == 1:
+            self.strides["c5"] = 16
+        self.freeze(freeze_at)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Map (B, C, H, W) images to feature maps keyed by level (see ``strides``)."""
+        features = {"stem": self.stem(x)}
+        out = self.maxpool(features["stem"])
+        for level, stage in zip(LEVELS[1:], self.stages):
+            out = stage(out)
+            features[level] = out
+        return features
+
+    def freeze(self, freeze_at: int) -> None:
+        """Stop gradients to the stem (``freeze_at >= 1``) and stages c2..c<freeze_at>."""
+        self.freeze_at = freeze_at
+        modules = [self.stem, *self.stages][:freeze_at]
+        for module in modules:
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Set train mode, keeping frozen parts and (with ``norm_eval``) all BatchNorms in eval."""
+        super().train(mode)
+        if mode:
+            for module in [self.stem, *self.stages][: self.freeze_at]:
+                module.eval()
+            if self.norm_eval:
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """Where torchvision's cache keeps the ImageNet weights of ``name``."""
+    _, weights = ARCHITECTURES[name]
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def load_trunk_state_dict(name: str, weights: str) -> dict[str, Tensor]:
+    """Read trunk weights (``imagenet`` or a file path) as a torchvision ResNet state dict."""
+    if weights == "imagenet":
+        path = imagenet_weights_file(name)
+        if not path.is_file():
+            _download_imagenet_weights(name, path)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise BackboneWeightsError(f"backbone weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to a user
+        raise BackboneWeightsError(
+            f"cannot read backbone weights {path} as a plain state dict "
+            f"(loaded with weights_only=True): {error}"
+        ) from None
+    return _trunk_keys(name, path, state)
+
+
+def _download_imagenet_weights(name: str, path: Path) -> None:
+    _, weights = ARCHITECTURES[name]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, str(path), progress=True)
+    except Exception:  # noqa: BLE001 - offline, proxy, disk: the remedy is the same
+        raise BackboneWeightsError(
+            f"ImageNet weights for {name} are not cached and could not be downloaded. "
+            f"Put the file {path.name} (from {weights.url}) into the folder {path.parent}/ "
+            f"(set $TORCH_HOME to use another cache), pass a local file with "
+            f"--model.backbone_weights PATH, or train from scratch with "
+            f"--model.backbone_weights none."
+        ) from None
+
+
+def _trunk_keys(name: str, path: Path, state: object) -> dict[str, Tensor]:
+    """Unwrap common checkpoint containers and prefixes; drop the classifier."""
+    if isinstance(state, dict):
+        for container in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(container), dict):
+                state = state[container]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise BackboneWeightsError(f"{path} does not hold a state dict of tensors")
+    reference = ARCHITECTURES[name][0](weights=None).state_dict()
+    trunk = {}
+    for key, value in state.items():
+        for prefix in _STRIP_PREFIXES:
+            if key.startswith(prefix) and key[len(prefix) :] in reference:
+                key = key[len(prefix) :]
+                break
+        if key in reference and not key.startswith("fc."):
+            trunk[key] = value
+    missing = [k for k in reference if not k.startswith("fc.") and k not in trunk]
+    if missing:
+        raise BackboneWeightsError(
+            f"{path} is not a {name} checkpoint: {len(missing)} trunk weights missing "
+            f"(first: {missing[0]})"
+        )
+    wrong = [k for k, v in trunk.items() if v.shape != reference[k].shape]
+    if wrong:
+        raise BackboneWeightsError(
+            f"{path} does not fit {name}: {wrong[0]} has shape {tuple(trunk[wrong[0]].shape)}, "
+            f"expected {tuple(reference[wrong[0]].shape)}"
+        )
+    return trunk
+
+
+def adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """Return a copy of ``conv`` taking ``in_channels`` inputs, its filters built from the RGB ones.
+
+    Every new channel gets the mean RGB filter scaled by ``3 / in_channels``: a grey image (or a
+    stack of grey patches) then produces exactly the activations the RGB network gave, so the
+    pretrained statistics of every later layer still hold. One channel = the summed filter.
+    """
+    weight = conv.weight.detach()
+    mean_filter = weight.mean(dim=1, keepdim=True) * (weight.shape[1] / in_channels)
+    new_weight = mean_filter.repeat(1, in_channels, 1, 1)
+    adapted = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        adapted.weight.copy_(new_weight)
+    return adapted
+
+
+def _set_last_stride_one(stage: nn.Sequential) -> None:
+    first = stage[0]
+    first.conv1.stride = (1, 1) if first.conv1.stride == (2, 2) else first.conv1.stride
+    if hasattr(first, "conv2") and first.conv2.stride == (2, 2):
+        first.conv2.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)

@@ -1,0 +1,177 @@
+"""Command-line entry points: ``train`` (LightningCLI) and ``evaluate`` (from a checkpoint).
+
+``train``: ``--task NAME`` picks the model and data classes from ``TASKS``; the config files
+``configs/trainer.yaml`` and ``configs/NAME.yaml`` are applied first, so every value can be
+overridden on the command line (``--model.lr 0.01``, ``--data.train_json my.json``) or by a
+further ``--config``. A fit ends with a test on the validation split that writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from vision_tasks.data.coco import CocoDataError
+from vision_tasks.tasks import TASKS
+from vision_tasks.tasks.base import BaseTask
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class VisionCLI(LightningCLI):
+    """LightningCLI that links data-derived values into the model and evaluates after fit."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Categories come from the data; the input size is one value for both."""
+        parser.link_arguments("data.categories", "model.categories", apply_on="instantiate")
+        parser.link_arguments("data.image_size", "model.image_size")
+
+    def after_fit(self) -> None:
+        """Test the best checkpoint on the validation split and print where everything is."""
+        trainer = self.trainer
+        if trainer.fast_dev_run or trainer.interrupted:
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None,
+                     verbose=False)  # fmt: skip
+        if trainer.is_global_zero:
+            print_summary(self.model, best or "(none)")
+
+
+def print_summary(model: BaseTask, checkpoint: str) -> None:
+    """Print the headline numbers and the paths a user looks for next."""
+    report = model.test_report
+    print()
+    print(f"== {model.task_name}: evaluation on the validation split ==")
+    if report is not None:
+        for key, value in report.headline.items():
+            print(f"  {key:>12}: {value:.4f}")
+    print(f"  checkpoint: {checkpoint}")
+    print(f"  report:     {getattr(model, 'report_dir', '(not written)')}/report.md")
+
+
+def _pop_option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _task_configs(task: str) -> list[str]:
+    files = [CONFIG_DIR / "trainer.yaml", CONFIG_DIR / f"{task}.yaml"]
+    return [arg for f in files if f.is_file() for arg in ("--config", str(f))]
+
+
+def _resolve_resume(task: str, argv: list[str]) -> str | None:
+    """Turn ``--ckpt_path last`` into the newest run's last.ckpt; return that run's version."""
+    for i, arg in enumerate(argv):
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            value = argv[i + 1]
+            if value == "last":
+                candidates = sorted(Path("runs", task).glob("*/checkpoints/last.ckpt"),
+                                    key=lambda p: p.stat().st_mtime)  # fmt: skip
+                if not candidates:
+                    raise SystemExit(f"--ckpt_path last: no runs/{task}/*/checkpoints/last.ckpt")
+                value = argv[i + 1] = str(candidates[-1])
+            path = Path(value)
+            if path.parent.name == "checkpoints":
+                return path.parent.parent.name  # keep logging into the interrupted run's folder
+    return None
+
+
+def train_main(argv: list[str] | None = None) -> VisionCLI | None:
+    """``tools/train.py --task NAME [fit|validate|test|predict] [LightningCLI options]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task = _pop_option(argv, "--task")
+    if task not in TASKS:
+        raise SystemExit(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
+    subcommand = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "fit"
+    version = _resolve_resume(task, argv) or time.strftime("%Y%m%d-%H%M%S")
+    loggers = [
+        {"class_path": f"lightning.pytorch.loggers.{name}",
+         "init_args": {"save_dir": f"runs/{task}", "name": "", "version": version}}
+        for name in ("TensorBoardLogger", "CSVLogger")
+    ]  # fmt: skip
+    spec = TASKS[task]
+    try:
+        return VisionCLI(
+            spec.model,
+            spec.data,
+            args=[subcommand, *_task_configs(task), *argv],
+            trainer_defaults={"default_root_dir": f"runs/{task}", "logger": loggers},
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+        )
+    except CocoDataError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def load_task_checkpoint(path: str | Path, task: str | None = None) -> BaseTask:
+    """Rebuild a task model from a checkpoint alone (``task`` checks it is the expected one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    saved_task = checkpoint.get("vision_tasks", {}).get("task")
+    if saved_task not in TASKS:
+        raise SystemExit(f"{path} is not a vision_tasks checkpoint (no task recorded in it)")
+    if task is not None and saved_task != task:
+        raise SystemExit(f"{path} was trained for task '{saved_task}', not '{task}'")
+    model = TASKS[saved_task].model.load_from_checkpoint(path, map_location="cpu",
+                                                         weights_only=True)  # fmt: skip
+    model.eval()
+    return model
+
+
+def _data_from_checkpoint(task: str, checkpoint: Path, overrides: list[str]) -> Any:
+    """The data module as trained, with ``--data.*`` overrides from the command line."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    # LightningCLI adds private entries such as "_instantiator"; only constructor arguments count.
+    hparams = {k: v for k, v in saved.get("datamodule_hyper_parameters", {}).items()
+               if not k.startswith("_")}  # fmt: skip
+    parser = ArgumentParser(prog=f"evaluate --task {task}")
+    parser.add_class_arguments(TASKS[task].data, "data")
+    parser.set_defaults({f"data.{k}": v for k, v in hparams.items()})
+    config = parser.parse_args(overrides)
+    return TASKS[task].data(**config.data.as_dict())
+
+
+def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``tools/evaluate.py --task NAME --ckpt PATH [--output DIR] [--data.* ...]``."""
+    parser = argparse.ArgumentParser(description=evaluate_main.__doc__)
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--ckpt", required=True, type=Path)
+    parser.add_argument("--output", type=Path, help="report folder (default: beside the run)")
+    parser.add_argument("--accelerator", default="auto")
+    args, overrides = parser.parse_known_args(argv)
+    model = load_task_checkpoint(args.ckpt, args.task)
+    try:
+        data = _data_from_checkpoint(args.task, args.ckpt, overrides)
+        model_ids = [c["id"] for c in model.categories]
+        data_ids = [c["id"] for c in data.categories]
+    except CocoDataError as error:
+        raise SystemExit(f"error: {error}") from None
+    if model_ids != data_ids:
+        raise SystemExit(f"the data's category ids {data_ids} differ from the checkpoint's "
+                         f"{model_ids}")  # fmt: skip
+    default_dir = args.ckpt.parent.parent if args.ckpt.parent.name == "checkpoints" else Path(".")
+    model.report_dir = str(args.output or default_dir / "report")
+    trainer = L.Trainer(accelerator=args.accelerator, devices=1, logger=False,
+                        enable_checkpointing=False)  # fmt: skip
+    trainer.test(model, datamodule=data, verbose=False)
+    print_summary(model, str(args.ckpt))
+    return model.test_report.headline if model.test_report else {}

@@ -1,0 +1,181 @@
+"""VisionDataModule: COCO splits -> task datasets -> DataLoaders (workers, samplers, collate).
+
+Each task subclasses it in its own file with ``build_dataset`` (and ``collate`` where samples
+differ in size). With no JSON given, the synthetic default dataset is generated (once, cached)
+and used, so ``tools/train.py --task NAME`` runs with no data argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from vision_tasks.data.coco import CocoDataError, CocoIndex
+from vision_tasks.data.synthetic import synthetic_dataset
+
+log = logging.getLogger(__name__)
+
+
+def default_num_workers() -> int:
+    """Loader workers: decoding and augmentation in 2 processes keep a small CPU busy."""
+    return min(2, os.cpu_count() or 1)
+
+
+class VisionDataModule(L.LightningDataModule):
+    """Train / val / test splits of COCO data for one task.
+
+    Args:
+        train_json: COCO JSON of the training split (``None``: the synthetic default).
+        train_images: folder the training ``file_name``s are relative to.
+        val_json: COCO JSON of the validation split (also the test split unless ``test_json``).
+        val_images: folder of the validation images.
+        test_json: optional separate test split.
+        test_images: folder of the test images.
+        image_size: network input size (square side, pixels).
+        batch_size: samples per batch (per process under DDP).
+        num_workers: loader processes; ``None`` picks :func:`default_num_workers`.
+        policy: ``strict`` stops on any bad record; ``skip`` drops bad records and counts them.
+        synthetic_seed: seed of the synthetic default dataset.
+        synthetic_train: training images in the synthetic default dataset.
+        synthetic_val: validation images in the synthetic default dataset.
+    """
+
+    def __init__(
+        self,
+        train_json: str | None = None,
+        train_images: str | None = None,
+        val_json: str | None = None,
+        val_images: str | None = None,
+        test_json: str | None = None,
+        test_images: str | None = None,
+        image_size: int = 224,
+        batch_size: int = 16,
+        num_workers: int | None = None,
+        policy: Literal["strict", "skip"] = "strict",
+        synthetic_seed: int = 0,
+        synthetic_train: int = 600,
+        synthetic_val: int = 120,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if train_json is None and val_json is None:
+            paths = synthetic_dataset(synthetic_seed, synthetic_train, synthetic_val)
+            train_json, train_images = str(paths.train_json), str(paths.train_images)
+            val_json, val_images = str(paths.val_json), str(paths.val_images)
+        self.splits = {
+            "train": _split(train_json, train_images, "train"),
+            "val": _split(val_json, val_images, "val"),
+            "test": _split(test_json, test_images, "test") or _split(val_json, val_images, "val"),
+        }
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.policy = policy
+        self.datasets: dict[str, Dataset] = {}
+
+    # ---- hooks a task implements -------------------------------------------------------
+    def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
+        """This task's view of one COCO split (``train`` switches augmentation on)."""
+        raise NotImplementedError
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack samples into a batch dict; tasks with ragged targets override this."""
+        return default_collate(samples)
+
+    def train_batch_sampler(self, dataset: Dataset) -> Sampler | None:
+        """A batch sampler for training (P x K for re-ID); ``None`` means shuffled batches."""
+        return None
+
+    # ---- indexes and categories ----------------------------------------------------------
+    def index(self, split: str) -> CocoIndex:
+        """The validated COCO index of ``split`` (loaded once)."""
+        return self._indexes[split]
+
+    @cached_property
+    def _indexes(self) -> dict[str, CocoIndex]:
+        indexes: dict[str, CocoIndex] = {}
+        for split, paths in self.splits.items():
+            if paths is None:
+                continue
+            json_path, images = paths
+            cached = next((i for i in indexes.values() if i.json_path == Path(json_path)), None)
+            indexes[split] = cached or CocoIndex(json_path, images, policy=self.policy)
+        return indexes
+
+    @cached_property
+    def categories(self) -> list[dict[str, Any]]:
+        """Category records (id, name, keypoints, skeleton) shared by every split."""
+        indexes = self._indexes
+        reference_split = "train" if "train" in indexes else next(iter(indexes))
+        reference = indexes[reference_split]
+        for index in indexes.values():
+            if index.category_ids != reference.category_ids:
+                raise CocoDataError(
+                    f"{index.json_path}: categories {index.category_ids} differ from "
+                    f"{reference.json_path}: {reference.category_ids}; every split needs the same "
+                    f"category ids"
+                )
+        return [dict(c) for c in reference.categories]
+
+    # ---- Lightning hooks -----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets the stage needs."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}
+        for split in wanted.get(stage or "fit", ["test"]):
+            if split not in self.datasets and split in self._indexes:
+                self.datasets[split] = self.build_dataset(self._indexes[split], split == "train")
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (or task-sampled) training batches."""
+        dataset = self._dataset("train")
+        batch_sampler = self.train_batch_sampler(dataset)
+        if batch_sampler is not None:
+            return self._loader(dataset, batch_sampler=batch_sampler)
+        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in index order."""
+        return self._loader(self._dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in index order (the validation split unless a test split is given)."""
+        return self._loader(self._dataset("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        """Prediction batches over the test split."""
+        return self._loader(self._dataset("test"))
+
+    def _dataset(self, split: str) -> Dataset:
+        if split not in self.datasets:
+            if split not in self._indexes:
+                raise CocoDataError(f"no {split} split given: pass --data.{split}_json and "
+                                    f"--data.{split}_images")
+            self.datasets[split] = self.build_dataset(self._indexes[split], split == "train")
+        return self.datasets[split]
+
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        if "batch_sampler" not in kwargs:
+            kwargs["batch_size"] = self.batch_size
+        return DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            **kwargs,
+        )
+
+
+def _split(json_path: str | None, images: str | None, name: str) -> tuple[str, str] | None:
+    if json_path is None:
+        return None
+    if images is None:
+        raise CocoDataError(f"--data.{name}_json is set but --data.{name}_images is not")
+    return json_path, images

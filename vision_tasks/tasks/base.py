@@ -1,0 +1,243 @@
+"""BaseTask: the one LightningModule skeleton every task fills in with a few hooks.
+
+The base owns the training / validation / test / predict steps, logging, the optimiser (with a
+separate backbone learning rate for fine-tuning), warm-up + cosine schedule, freezing the backbone
+for the first epochs and the evaluation report. A task implements:
+
+- ``forward(images) -> outputs``            raw head tensors
+- ``compute_loss(outputs, batch) -> dict``  ``{"loss": total, ...parts}``
+- ``update_metric(metric, outputs, batch)`` feed the stage's metric
+- ``decode(outputs, batch) -> list[dict]``  COCO-results-form predictions (``predict_step``)
+- ``build_report(values, samples) -> Report`` numbers + figure data after ``test``
+- ``draw_samples(outputs, batch) -> list``  (image, caption, ok) triples for the report grid
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor, nn
+
+from vision_tasks.backbone import Backbone
+from vision_tasks.evaluation.report import Report, write_report
+
+Batch = dict[str, Any]
+
+
+class BaseTask(L.LightningModule):
+    """Shared steps, optimisation and reporting for all tasks (see the module docstring)."""
+
+    task_name: ClassVar[str] = ""
+    monitor: ClassVar[str] = "val/loss"  # the metric that picks the best checkpoint
+    monitor_mode: ClassVar[str] = "min"
+    num_report_samples: ClassVar[int] = 16
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        backbone_weights: str = "none",
+        in_channels: int = 3,
+        freeze_at: int = 0,
+        lr: float = 1e-3,
+        backbone_lr_mult: float = 1.0,
+        weight_decay: float = 5e-4,
+        warmup_epochs: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+        min_lr_ratio: float = 0.05,
+    ) -> None:
+        super().__init__()
+        # Records the whole subclass signature too (Lightning walks the __init__ frames), so a
+        # checkpoint alone rebuilds the model: Task.load_from_checkpoint(path).
+        self.save_hyperparameters()
+        self.backbone = Backbone(backbone, backbone_weights, in_channels, freeze_at)
+        self.val_metric: nn.Module | None = None
+        self.test_metric: nn.Module | None = None
+        self.test_report: Report | None = None
+        self.report_dir: str | None = None
+        self._report_samples: list[tuple[Any, str, bool | None]] = []
+
+    # ---- hooks a task implements -------------------------------------------------------
+    def compute_loss(self, outputs: Any, batch: Batch) -> dict[str, Tensor]:
+        """Losses for one batch; ``"loss"`` is the total that is optimised."""
+        raise NotImplementedError
+
+    def update_metric(self, metric: nn.Module, outputs: Any, batch: Batch) -> None:
+        """Feed one batch of outputs to ``metric``."""
+        raise NotImplementedError
+
+    def decode(self, outputs: Any, batch: Batch) -> list[dict[str, Any]]:
+        """Turn raw outputs into per-image predictions in COCO results form."""
+        raise NotImplementedError
+
+    def build_report(self, values: dict[str, Any], samples: list) -> Report:
+        """Make the evaluation report from the test metric's values and drawn samples."""
+        raise NotImplementedError
+
+    def draw_samples(self, outputs: Any, batch: Batch) -> list[tuple[Any, str, bool | None]]:
+        """Images with predictions drawn, for the report grid."""
+        return []
+
+    # ---- steps --------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """One optimisation step."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Loss and metric update on one validation batch."""
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Loss, metric update and report samples on one test batch."""
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """Predictions in COCO results form."""
+        return self.decode(self(batch["image"]), batch)
+
+    def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+        outputs = self(batch["image"])
+        losses = self.compute_loss(outputs, batch)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(
+                f"{stage} loss is {losses['loss'].item()} at epoch {self.current_epoch}, "
+                f"step {self.global_step}: lower --model.lr or check the data; the last good "
+                f"checkpoint is kept"
+            )
+        training = stage == "train"
+        self.log_dict(
+            {f"{stage}/{name}": value.detach() for name, value in losses.items()},
+            batch_size=batch["image"].shape[0],
+            on_step=training,
+            on_epoch=True,
+            prog_bar=training,
+            sync_dist=not training,
+        )
+        if not training:
+            metric = self.val_metric if stage == "val" else self.test_metric
+            self.update_metric(metric, outputs, batch)
+            if stage == "test" and len(self._report_samples) < self.num_report_samples:
+                self._report_samples += self.draw_samples(outputs, batch)
+        return losses["loss"]
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation metric."""
+        self._log_metric(self.val_metric, "val")
+
+    def on_test_epoch_start(self) -> None:
+        """Start collecting report samples afresh."""
+        self._report_samples = []
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test metric and build the report (written by :class:`ReportWriter`)."""
+        values = self._log_metric(self.test_metric, "test")
+        samples = self._report_samples[: self.num_report_samples]
+        self.test_report = self.build_report(values, samples)
+
+    def _log_metric(self, metric: nn.Module, stage: str) -> dict[str, Any]:
+        values = metric.compute()
+        metric.reset()
+        scalars = {
+            f"{stage}/{k}": float(v)
+            for k, v in values.items()
+            if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)
+        }
+        self.log_dict(scalars, prog_bar=stage == "val")
+        return values
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which task wrote the checkpoint, so evaluate/predict can refuse a wrong one."""
+        checkpoint["vision_tasks"] = {"task": self.task_name, "format": 1}
+
+    # ---- optimisation -------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        """Keep the backbone frozen for the first ``freeze_backbone_epochs`` epochs."""
+        if self.hparams.freeze_backbone_epochs <= 0:
+            return
+        trainable = self.current_epoch >= self.hparams.freeze_backbone_epochs
+        for param in self.backbone.parameters():
+            param.requires_grad_(trainable)
+        self.backbone.freeze(self.backbone.freeze_at)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with a backbone group at ``lr * backbone_lr_mult``; warm-up then cosine."""
+        hp = self.hparams
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        # Runs before on_train_epoch_start, so requires_grad is False only for freeze_at layers
+        # (frozen for good); layers frozen for the first epochs get no gradient: AdamW skips them.
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            # Norm weights and biases are not decayed: decay would only shrink them.
+            key = (name.startswith("backbone."), param.ndim > 1)
+            groups.setdefault(key, []).append(param)
+        param_groups = [
+            {
+                "params": params,
+                "lr": hp.lr * (hp.backbone_lr_mult if in_backbone else 1.0),
+                "weight_decay": hp.weight_decay if decayed else 0.0,
+            }
+            for (in_backbone, decayed), params in groups.items()
+        ]
+        optimizer = torch.optim.AdamW(param_groups, lr=hp.lr)
+        schedule = warmup_cosine(self._total_steps(), self._warmup_steps(), hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        schedule_config = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule_config}
+
+    def _total_steps(self) -> float:
+        return float(self.trainer.estimated_stepping_batches)
+
+    def _warmup_steps(self) -> float:
+        max_epochs = self.trainer.max_epochs or 0
+        total = self._total_steps()
+        if max_epochs <= 0 or not math.isfinite(total):
+            return 0.0
+        return min(total, self.hparams.warmup_epochs * total / max_epochs)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Best + last checkpoints on the task's monitored metric, and the report writer."""
+        best = ModelCheckpoint(
+            filename="best-{epoch:03d}",
+            monitor=self.monitor,
+            mode=self.monitor_mode,
+            save_last=True,
+            auto_insert_metric_name=False,
+        )
+        return [best, ReportWriter()]
+
+
+def warmup_cosine(total_steps: float, warmup_steps: float, min_ratio: float):
+    """LR multiplier: linear warm-up to 1, then cosine down to ``min_ratio`` at ``total_steps``."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if not math.isfinite(total_steps) or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+class ReportWriter(Callback):
+    """Writes the task's test report (``report.json``, ``report.md``, PNGs) after ``test``."""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: BaseTask) -> None:
+        """Write the report on rank zero, into ``pl_module.report_dir`` or the run folder."""
+        report = getattr(pl_module, "test_report", None)
+        if report is None or not trainer.is_global_zero:
+            return
+        out_dir = pl_module.report_dir or _default_report_dir(trainer)
+        pl_module.report_dir = str(write_report(report, out_dir))
+
+
+def _default_report_dir(trainer: L.Trainer) -> str:
+    from pathlib import Path
+
+    base = trainer.log_dir or trainer.default_root_dir
+    return str(Path(base) / "report")
