@@ -175,3 +175,61 @@ def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.test(model, datamodule=data, verbose=False)
     print_summary(model, str(args.ckpt))
     return model.test_report.headline if model.test_report else {}
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _image_files(inputs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise SystemExit(f"no such image or folder: {item}")
+    if not files:
+        raise SystemExit("no image files found in " + ", ".join(map(str, inputs)))
+    return files
+
+
+def collate_predict(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack ``image`` (and ``image_id``); keep every other key as a per-sample list."""
+    batch: dict[str, Any] = {k: [s[k] for s in samples] for k in samples[0]}
+    batch["image"] = torch.stack(batch["image"])
+    batch["image_id"] = torch.as_tensor(batch["image_id"])
+    return batch
+
+
+def predict_main(argv: list[str] | None = None) -> list[Path]:
+    """``tools/predict.py --ckpt PATH IMAGES_OR_FOLDERS... [--output DIR]``."""
+    from vision_tasks.data.coco import read_image
+
+    parser = argparse.ArgumentParser(description=predict_main.__doc__)
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    parser.add_argument("--ckpt", required=True, type=Path)
+    parser.add_argument("--task", choices=sorted(TASKS), help="check the checkpoint's task")
+    parser.add_argument("--output", type=Path, default=Path("predictions"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    model = load_task_checkpoint(args.ckpt, args.task)
+    files = _image_files(args.inputs)
+    args.output.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for start in range(0, len(files), args.batch_size):
+        chunk = files[start : start + args.batch_size]
+        try:
+            images = [read_image(path) for path in chunk]
+        except CocoDataError as error:
+            raise SystemExit(f"error: {error}") from None
+        samples = [model.predict_sample(image) for image in images]
+        for offset, sample in enumerate(samples):
+            sample["image_id"] = start + offset + 1  # 1-based, in file order (see files.json)
+        batch = collate_predict(samples)
+        with torch.inference_mode():
+            predictions = model.decode(model(batch["image"]), batch)
+        written += model.write_predictions(predictions, images, [p.name for p in chunk],
+                                           args.output)  # fmt: skip
+    print(f"{len(files)} images -> {args.output}/ ({len(written)} files written)")
+    return written

@@ -15,9 +15,11 @@ for the first epochs and the evaluation report. A task implements:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
@@ -80,6 +82,18 @@ class BaseTask(L.LightningModule):
     def draw_samples(self, outputs: Any, batch: Batch) -> list[tuple[Any, str, bool | None]]:
         """Images with predictions drawn, for the report grid."""
         return []
+
+    # ---- hooks for tools/predict.py (raw image files, no annotations) ------------------------
+    def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
+        """One RGB uint8 (H, W, 3) image -> a sample dict (``image`` tensor + what decode needs)."""
+        raise NotImplementedError(f"tools/predict.py does not support task {self.task_name!r}")
+
+    def write_predictions(
+        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        out_dir: Path,
+    ) -> list[Path]:  # fmt: skip
+        """Write one batch of decoded predictions (files, drawings) into ``out_dir``."""
+        raise NotImplementedError(f"tools/predict.py does not support task {self.task_name!r}")
 
     # ---- steps --------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -237,7 +251,5 @@ class ReportWriter(Callback):
 
 
 def _default_report_dir(trainer: L.Trainer) -> str:
-    from pathlib import Path
-
     base = trainer.log_dir or trainer.default_root_dir
     return str(Path(base) / "report")
