@@ -204,7 +204,8 @@ def collate_predict(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def predict_main(argv: list[str] | None = None) -> list[Path]:
     """``tools/predict.py --ckpt PATH IMAGES_OR_FOLDERS... [--output DIR]``."""
-    from vision_tasks.data.coco import read_image
+    from vision_tasks.data.coco import read_image, write_results_json
+    from vision_tasks.utils import atomic_write_json
 
     parser = argparse.ArgumentParser(description=predict_main.__doc__)
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
@@ -217,6 +218,7 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
     files = _image_files(args.inputs)
     args.output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    records: list[dict[str, Any]] = []
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         try:
@@ -231,5 +233,10 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
             predictions = model.decode(model(batch["image"]), batch)
         written += model.write_predictions(predictions, images, [p.name for p in chunk],
                                            args.output)  # fmt: skip
-    print(f"{len(files)} images -> {args.output}/ ({len(written)} files written)")
+        records += model.to_results(predictions)
+    names = {index + 1: str(path) for index, path in enumerate(files)}
+    written.append(atomic_write_json(args.output / "files.json", names))
+    written.append(write_results_json(records, args.output / "results.json"))
+    print(f"{len(files)} images -> {args.output}/ ({len(written)} files written; results.json "
+          f"has {len(records)} records, image ids as in files.json)")
     return written

@@ -37,6 +37,26 @@ def letterbox_params(height: int, width: int, size: int) -> tuple[float, int, in
     return scale, (size - new_w) // 2, (size - new_h) // 2
 
 
+def letterbox_image(
+    image: np.ndarray, size: int, fill: int = 114
+) -> tuple[np.ndarray, float, int, int]:
+    """Resize an (H, W, 3) image to fit a ``size`` square, aspect kept, padded centred.
+
+    Returns:
+        ``(square_image, scale, pad_x, pad_y)``, the parameters of :func:`letterbox_params`.
+    """
+    height, width = image.shape[:2]
+    scale, pad_x, pad_y = letterbox_params(height, width, size)
+    new_w, new_h = round(width * scale), round(height * scale)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    padded = cv2.copyMakeBorder(
+        resized, pad_y, size - new_h - pad_y, pad_x, size - new_w - pad_x,
+        cv2.BORDER_CONSTANT, value=(fill, fill, fill),
+    )  # fmt: skip
+    return padded, scale, pad_x, pad_y
+
+
 def unletterbox_boxes(boxes_xyxy: Tensor, scale: float, pad_x: int, pad_y: int) -> Tensor:
     """Map (N, 4) xyxy boxes from letterboxed network pixels back to original image pixels."""
     offset = boxes_xyxy.new_tensor([pad_x, pad_y, pad_x, pad_y])
@@ -99,3 +119,79 @@ def denormalize(images: Tensor, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGEN
     mean_t = images.new_tensor(mean).view(1, -1, 1, 1)
     std_t = images.new_tensor(std).view(1, -1, 1, 1)
     return ((images * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+# ---- homographies (batched torch; the convention of cv2.getPerspectiveTransform) --------------
+
+
+def square_corners(size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Corner pixel centres of a ``size`` x ``size`` patch, clockwise from top-left: (4, 2)."""
+    last = float(size - 1)
+    return torch.tensor([[0.0, 0.0], [last, 0.0], [last, last], [0.0, last]], dtype=dtype)
+
+
+def four_point_to_homography(src: Tensor, dst: Tensor) -> Tensor:
+    """3x3 homographies mapping 4 points onto 4 points, as ``cv2.getPerspectiveTransform``.
+
+    Solves the 8x8 direct linear system with ``H[2, 2] = 1`` in float64 (differentiable).
+
+    Args:
+        src: (..., 4, 2) source points (x, y).
+        dst: (..., 4, 2) destination points.
+
+    Returns:
+        (..., 3, 3) homographies ``H`` with ``dst ~ H @ [src, 1]``, in ``src``'s dtype.
+    """
+    if src.shape[-2:] != (4, 2) or dst.shape != src.shape:
+        raise ValueError(f"expected two (..., 4, 2) point sets, got {tuple(src.shape)} and "
+                         f"{tuple(dst.shape)}")  # fmt: skip
+    batch_shape = src.shape[:-2]
+    s = src.reshape(-1, 4, 2).double()
+    d = dst.reshape(-1, 4, 2).double()
+    x, y, u, v = s[..., 0], s[..., 1], d[..., 0], d[..., 1]
+    ones, zeros = torch.ones_like(x), torch.zeros_like(x)
+    rows_u = torch.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], dim=-1)
+    rows_v = torch.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], dim=-1)
+    system = torch.cat([rows_u, rows_v], dim=1)  # (N, 8, 8)
+    h = torch.linalg.solve(system, torch.cat([u, v], dim=1))  # (N, 8)
+    matrices = torch.cat([h, torch.ones_like(h[:, :1])], dim=1).reshape(-1, 3, 3)
+    return matrices.reshape(*batch_shape, 3, 3).to(src.dtype)
+
+
+def apply_homography(homography: Tensor, points: Tensor) -> Tensor:
+    """Map (..., N, 2) points through (..., 3, 3) homographies (perspective divide included)."""
+    mapped = points @ homography[..., :2, :2].transpose(-1, -2) + homography[..., None, :2, 2]
+    scale = points @ homography[..., 2:, :2].transpose(-1, -2) + homography[..., None, 2:, 2]
+    return mapped / scale
+
+
+def offsets_to_corners(offsets: Tensor, size: int) -> Tensor:
+    """(B, 8) corner offsets in pixels -> (B, 4, 2) corners of a moved ``size`` square."""
+    return square_corners(size, offsets.dtype).to(offsets.device) + offsets.reshape(-1, 4, 2)
+
+
+def corners_to_homography(corners: Tensor, size: int) -> Tensor:
+    """(B, 4, 2) moved corners of a ``size`` square -> (B, 3, 3) square-to-corners homographies."""
+    square = square_corners(size, corners.dtype).to(corners.device).expand_as(corners)
+    return four_point_to_homography(square, corners)
+
+
+def warp_perspective(images: Tensor, homography: Tensor, size: tuple[int, int]) -> Tensor:
+    """Warp (B, C, H, W) images by (B, 3, 3) homographies to (B, C, h, w) like
+    ``cv2.warpPerspective``: output pixel ``p`` samples the input at ``H^-1 p`` (bilinear,
+    zeros outside). Differentiable in both the images and the homographies.
+    """
+    out_h, out_w = size
+    in_h, in_w = images.shape[-2:]
+    ys, xs = torch.meshgrid(
+        torch.arange(out_h, dtype=images.dtype, device=images.device),
+        torch.arange(out_w, dtype=images.dtype, device=images.device),
+        indexing="ij",
+    )
+    grid = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2)  # pixel centres of the output
+    source = apply_homography(torch.linalg.inv(homography), grid)  # (B, h*w, 2)
+    # align_corners=True puts -1 / +1 on the outer pixel centres: OpenCV's pixel convention.
+    scale = source.new_tensor([2.0 / max(in_w - 1, 1), 2.0 / max(in_h - 1, 1)])
+    normalised = (source * scale - 1).reshape(-1, out_h, out_w, 2)
+    return torch.nn.functional.grid_sample(images, normalised, mode="bilinear",
+                                           padding_mode="zeros", align_corners=True)  # fmt: skip

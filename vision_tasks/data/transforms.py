@@ -29,6 +29,30 @@ def photometric() -> list[A.BasicTransform]:
     ]
 
 
+def normalize_only() -> A.Compose:
+    """Evaluation pipeline for inputs already at network size."""
+    return A.Compose(_finish())
+
+
+def detect_transforms(train: bool) -> A.Compose:
+    """Detection, applied to a letterboxed square: random scale / translate / flip / colour.
+
+    Boxes are ``pascal_voc`` (x1, y1, x2, y2 pixels) with ``label`` and ``crowd`` fields; a box
+    less than a quarter visible after the affine is dropped, like the objects it stood for.
+    """
+    if not train:
+        return normalize_only()
+    augment = [
+        A.Affine(scale=(0.6, 1.5), translate_percent=(-0.15, 0.15), border_mode=cv2.BORDER_CONSTANT,
+                 fill=114, p=0.8),
+        A.HorizontalFlip(p=0.5),
+        *photometric(),
+    ]  # fmt: skip
+    boxes = A.BboxParams(format="pascal_voc", label_fields=["label", "crowd"], min_visibility=0.25,
+                         min_area=4.0, clip=True, filter_invalid_bboxes=True)  # fmt: skip
+    return A.Compose([*augment, *_finish()], bbox_params=boxes)
+
+
 def classify_transforms(size: int, train: bool, already_cropped: bool) -> A.Compose:
     """Classification: crops arrive at ``size`` already; whole images are letterboxed."""
     geometry = [] if already_cropped else letterbox(size)
@@ -40,3 +64,98 @@ def classify_transforms(size: int, train: bool, already_cropped: bool) -> A.Comp
         ]
         return A.Compose([*geometry, *augment, *_finish()])
     return A.Compose([*geometry, *_finish()])
+
+
+# Homography patches are grey (2 stacked channels), not ImageNet RGB: a plain 0.5 / 0.25 scaling.
+GRAY_MEAN = 0.5
+GRAY_STD = 0.25
+
+
+def homography_photometric() -> A.Compose:
+    """Photometric change applied to each grey patch of a training pair on its own."""
+    return A.Compose([
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.8),
+        A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+        A.GaussNoise(std_range=(0.01, 0.03), p=0.3),
+    ])  # fmt: skip
+
+
+def homography_transforms(size: int) -> A.Compose:
+    """Stacked (P, P, 2) uint8 patches -> (2, size, size) normalised tensor (area-resized)."""
+    return A.Compose([
+        A.Resize(size, size, interpolation=cv2.INTER_AREA),
+        A.Normalize(mean=(GRAY_MEAN, GRAY_MEAN), std=(GRAY_STD, GRAY_STD)),
+        ToTensorV2(),
+    ])  # fmt: skip
+
+
+def reid_transforms(height: int, width: int, train: bool) -> A.Compose:
+    """Re-ID crops: resized to (height, width); flip, shift, colour jitter and random erasing."""
+    resize = [A.Resize(height, width, interpolation=cv2.INTER_LINEAR)]
+    if not train:
+        return A.Compose([*resize, *_finish()])
+    augment = [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), p=0.5),
+        # Cameras differ in colour cast and brightness: identity must survive both.
+        A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.2, hue=0.0, p=0.8),
+    ]
+    # Erasing after normalisation fills with 0, the ImageNet mean (Zhong et al. 2020).
+    erase = A.Erasing(scale=(0.02, 0.25), fill=0, p=0.5)
+    normalize, to_tensor = _finish()
+    return A.Compose([*resize, *augment, normalize, erase, to_tensor])
+
+
+def keypoint_transforms(train: bool) -> A.Compose:
+    """Top-down keypoint crops (already at network size): flip, scale / rotate / shift, colour.
+
+    Training keypoints are ``xy`` pixels and never dropped (an instance has K of them; one pushed
+    out of the crop gets weight 0 later). ``applied_transforms`` in the result says whether the
+    crop was flipped: the caller then swaps left / right keypoints, which albumentations cannot
+    know. Evaluation only normalises: the keypoints stay where the crop put them.
+    """
+    if not train:
+        return normalize_only()
+    keypoints = A.KeypointParams(format="xy", remove_invisible=False)
+    augment = [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.75, 1.25), rotate=(-30, 30), translate_percent=(-0.05, 0.05),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.8),
+        *photometric(),
+    ]  # fmt: skip
+    return A.Compose([*augment, *_finish()], keypoint_params=keypoints, save_applied_params=True)
+
+
+# ImageNet mean colour: padding that normalises to 0, the same value the model pads with.
+_MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
+
+
+def segment_transforms(
+    size: int, crop_size: int, train: bool, scale_range: tuple[float, float] = (0.75, 1.25),
+    ignore_index: int = 255,
+) -> A.Compose:  # fmt: skip
+    """Semantic segmentation: image + ``mask`` label map; masks only ever use nearest resampling.
+
+    Both stages first resize the long side to ``size``. Training then rescales by a random
+    factor in ``scale_range``, cuts a random ``crop_size`` square (padding: mean colour,
+    ``ignore_index`` in the mask), flips and jitters colours. Evaluation pads bottom/right to a
+    square of ``size`` rounded up to 32, so every image of a batch has the same shape.
+    """
+    nearest = cv2.INTER_NEAREST
+    resize = A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA,
+                              mask_interpolation=nearest)  # fmt: skip
+    if not train:
+        side = -(-size // 32) * 32
+        pad = A.PadIfNeeded(side, side, position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                            fill=_MEAN_RGB, fill_mask=ignore_index)  # fmt: skip
+        return A.Compose([resize, pad, *_finish()])
+    low, high = scale_range
+    augment = [
+        A.RandomScale(scale_limit=(low - 1, high - 1), interpolation=cv2.INTER_LINEAR,
+                      mask_interpolation=nearest, p=1.0),
+        A.RandomCrop(crop_size, crop_size, pad_if_needed=True, pad_position="random",
+                     border_mode=cv2.BORDER_CONSTANT, fill=_MEAN_RGB, fill_mask=ignore_index),
+        A.HorizontalFlip(p=0.5),
+        *photometric(),
+    ]  # fmt: skip
+    return A.Compose([resize, *augment, *_finish()])

@@ -7,6 +7,11 @@ from typing import NamedTuple
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.tasks.base import BaseTask
 from vision_tasks.tasks.classify import ClassifyData, ClassifyTask
+from vision_tasks.tasks.detect import DetectData, DetectTask
+from vision_tasks.tasks.homography import HomographyData, HomographyTask
+from vision_tasks.tasks.keypoints import KeypointData, KeypointTask
+from vision_tasks.tasks.reid import ReidData, ReidTask
+from vision_tasks.tasks.segment import SegmentData, SegmentTask
 
 
 class TaskSpec(NamedTuple):
@@ -18,4 +23,9 @@ class TaskSpec(NamedTuple):
 
 TASKS: dict[str, TaskSpec] = {
     "classify": TaskSpec(ClassifyTask, ClassifyData),
+    "detect": TaskSpec(DetectTask, DetectData),
+    "homography": TaskSpec(HomographyTask, HomographyData),
+    "keypoints": TaskSpec(KeypointTask, KeypointData),
+    "reid": TaskSpec(ReidTask, ReidData),
+    "segment": TaskSpec(SegmentTask, SegmentData),
 }

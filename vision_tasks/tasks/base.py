@@ -88,6 +88,10 @@ class BaseTask(L.LightningModule):
         """One RGB uint8 (H, W, 3) image -> a sample dict (``image`` tensor + what decode needs)."""
         raise NotImplementedError(f"tools/predict.py does not support task {self.task_name!r}")
 
+    def to_results(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Decoded predictions -> the records of ``results.json`` (COCO results form)."""
+        return predictions
+
     def write_predictions(
         self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
         out_dir: Path,

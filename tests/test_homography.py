@@ -1,0 +1,226 @@
+"""Homography task: 4-point geometry against OpenCV, pair generation, corner error, baselines."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vision_tasks import ops
+from vision_tasks.data.coco import CocoIndex
+from vision_tasks.evaluation.metrics import CornerError
+from vision_tasks.tasks.homography import (
+    HomographyDataset,
+    HomographyTask,
+    orb_ransac_corners,
+    random_pair,
+)
+
+
+def _quads(rng: np.random.Generator, n: int, size: float = 128.0, rho: float = 32.0):
+    jitter = torch.from_numpy(rng.uniform(-8, 8, (n, 4, 2)))
+    src = ops.square_corners(int(size), torch.float64) + jitter
+    return src, src + torch.from_numpy(rng.uniform(-rho, rho, (n, 4, 2)))
+
+
+def _texture(rng: np.random.Generator, width: int = 320, height: int = 240) -> np.ndarray:
+    """A grey image with blurred noise and lines: corners for ORB, smooth enough to sample."""
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (height, width)).astype(np.float32), (0, 0), 2)
+    image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    for _ in range(25):
+        p, q = (tuple(int(v) for v in rng.uniform(0, 1, 2) * (width, height)) for _ in range(2))
+        cv2.line(image, p, q, int(rng.integers(0, 256)), int(rng.integers(1, 4)), cv2.LINE_AA)
+    return image
+
+
+# ---- geometry ----------------------------------------------------------------------------------
+
+
+def test_four_point_to_homography_matches_opencv_batched() -> None:
+    src, dst = _quads(np.random.default_rng(0), 32)
+    ours = ops.four_point_to_homography(src, dst)
+    assert ours.shape == (32, 3, 3) and ours.dtype == torch.float64
+    for i in range(32):
+        reference = cv2.getPerspectiveTransform(src[i].numpy(), dst[i].numpy())
+        np.testing.assert_allclose(ours[i].numpy(), reference, atol=1e-4, rtol=0)
+    # Any leading batch shape, and float32 in -> float32 out.
+    nested = ops.four_point_to_homography(src.float().reshape(4, 8, 4, 2),
+                                          dst.float().reshape(4, 8, 4, 2))  # fmt: skip
+    assert nested.dtype == torch.float32
+    torch.testing.assert_close(nested.reshape(32, 3, 3).double(), ours, atol=1e-3, rtol=1e-4)
+
+
+def test_four_point_to_homography_is_differentiable_and_checks_shapes() -> None:
+    src, dst = _quads(np.random.default_rng(1), 2, size=8.0, rho=2.0)
+    dst.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda d: ops.four_point_to_homography(src, d), (dst,))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 4, 2\)"):
+        ops.four_point_to_homography(torch.zeros(2, 3, 2), torch.zeros(2, 3, 2))
+
+
+def test_warp_perspective_matches_opencv() -> None:
+    rng = np.random.default_rng(2)
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (60, 80)).astype(np.float32), (0, 0), 3)
+    src, dst = _quads(rng, 3, size=40.0, rho=6.0)
+    homographies = ops.four_point_to_homography(src, dst + 10)
+    images = torch.from_numpy(image)[None, None].expand(3, 1, 60, 80)
+    ours = ops.warp_perspective(images, homographies.float(), (50, 70))
+    for i in range(3):
+        reference = cv2.warpPerspective(image, homographies[i].numpy(), (70, 50),
+                                        flags=cv2.INTER_LINEAR)  # fmt: skip
+        inside = cv2.warpPerspective(np.ones_like(image), homographies[i].numpy(), (70, 50),
+                                     flags=cv2.INTER_NEAREST) > 0  # fmt: skip
+        inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        np.testing.assert_allclose(ours[i, 0].numpy()[inside], reference[inside], atol=0.05)
+
+
+# ---- pairs --------------------------------------------------------------------------------------
+
+
+def test_true_homography_lands_patch_corners_on_the_perturbed_corners() -> None:
+    rng = np.random.default_rng(3)
+    gray = _texture(rng)
+    for _ in range(5):
+        patch_a, patch_b, corners, origin = random_pair(gray, rng, 128, 32.0)
+        assert np.abs(corners - ops.square_corners(128).numpy()).max() <= 32
+        homography = ops.corners_to_homography(torch.from_numpy(corners)[None].double(), 128)[0]
+        landed = ops.apply_homography(homography, ops.square_corners(128, torch.float64))
+        torch.testing.assert_close(landed, torch.from_numpy(corners).double(), atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(patch_a, gray[int(origin[1]) :, int(origin[0]) :][:128, :128])
+        # The issue's recipe: warp the whole image by the inverse homography (global pixels),
+        # cut the same window: that is patch B. Independent path: torch grid_sample.
+        shift = torch.eye(3, dtype=torch.float64)
+        shift[:2, 2] = torch.from_numpy(origin).double()
+        global_h = shift @ homography @ torch.linalg.inv(shift)
+        image = torch.from_numpy(gray).double()[None, None]
+        warped = ops.warp_perspective(image, torch.linalg.inv(global_h)[None], gray.shape)[0, 0]
+        x, y = (int(v) for v in origin)
+        window = warped[y : y + 128, x : x + 128].numpy()
+        assert np.abs(window - patch_b.astype(np.float64)).mean() < 1.0
+
+
+def test_patch_b_shows_the_image_at_the_true_homography() -> None:
+    # Dots drawn at H q in the image appear in patch B at q: the warp goes the documented way.
+    probe = np.random.default_rng(5)
+    _, _, corners, origin = random_pair(np.zeros((240, 320), np.uint8), probe, 128, 32.0)
+    homography = ops.corners_to_homography(torch.from_numpy(corners)[None].double(), 128)[0]
+    targets = torch.tensor([[30.0, 30.0], [97.0, 30.0], [97.0, 97.0], [30.0, 97.0], [64, 64]],
+                           dtype=torch.float64)  # fmt: skip
+    gray = np.zeros((240, 320), np.uint8)
+    for point in ops.apply_homography(homography, targets).numpy() + origin:
+        cv2.circle(gray, tuple(int(round(v)) for v in point), 2, 255, -1)
+    _, patch_b, corners_again, _ = random_pair(gray, np.random.default_rng(5), 128, 32.0)
+    np.testing.assert_array_equal(corners_again, corners)
+    for x, y in targets.int().tolist():
+        window = patch_b[y - 4 : y + 5, x - 4 : x + 5].astype(float)
+        assert window.max() > 150, (x, y)
+        ys, xs = np.mgrid[-4:5, -4:5]
+        centre = (xs * window).sum() / window.sum(), (ys * window).sum() / window.sum()
+        assert np.hypot(*centre) < 1.5
+
+
+def test_same_seed_gives_the_same_validation_pairs(tiny_coco) -> None:
+    def pairs(pair_seed: int, train: bool = False) -> list[dict]:
+        index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
+        dataset = HomographyDataset(index, 64, train, patch_size=48, rho=12.0,
+                                    resize=(96, 80), pair_seed=pair_seed)  # fmt: skip
+        return [dataset[i] for i in range(len(dataset))]
+
+    first, again, other = pairs(0), pairs(0), pairs(1)
+    assert first[0]["image"].shape == (2, 64, 64) and first[0]["patches"].shape == (2, 48, 48)
+    for a, b, c in zip(first, again, other):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["corners"], b["corners"])
+        assert not torch.equal(a["corners"], c["corners"])
+    torch.manual_seed(0)
+    train = pairs(0, train=True)
+    assert not all(torch.equal(a["corners"], t["corners"]) for a, t in zip(first, train))
+
+
+def test_resize_too_small_for_the_patch_is_refused(tiny_coco) -> None:
+    index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
+    with pytest.raises(ValueError, match="data.patch_size"):
+        HomographyDataset(index, 64, False, patch_size=128, rho=32.0, resize=(160, 120))
+
+
+# ---- metric and baselines ------------------------------------------------------------------
+
+
+def test_corner_error_on_a_hand_made_case() -> None:
+    target = ops.square_corners(128).expand(2, 4, 2).clone()
+    predicted = target.clone()
+    predicted[0] += torch.tensor([[3.0, 4.0], [0.0, 0.0], [-6.0, 8.0], [0.0, -2.0]])  # 5, 0, 10, 2
+    predicted[1] += torch.tensor([1.0, 0.0])  # every corner 1 px off
+    metric = CornerError()
+    metric.update(predicted[:1], target[:1], failed=torch.tensor([True]))
+    metric.update(predicted[1:], target[1:], failed=torch.tensor([False]))
+    values = metric.compute()
+    torch.testing.assert_close(values["errors"], torch.tensor([4.25, 1.0], dtype=torch.float64))
+    assert float(values["mace"]) == pytest.approx((4.25 + 1.0) / 2)
+    assert float(values["median"]) == pytest.approx((4.25 + 1.0) / 2)
+    assert float(values["failure_rate"]) == pytest.approx(0.5)
+
+
+def test_orb_ransac_recovers_a_textured_pair_and_fails_to_identity_on_a_flat_one() -> None:
+    rng = np.random.default_rng(6)
+    gray = _texture(rng)
+    errors = []
+    for _ in range(4):
+        patch_a, patch_b, corners, _ = random_pair(gray, rng, 128, 32.0)
+        estimate, ok = orb_ransac_corners(patch_a, patch_b)
+        assert ok
+        errors.append(np.linalg.norm(estimate - corners, axis=1).mean())
+    identity_error = np.linalg.norm(corners - ops.square_corners(128).numpy(), axis=1).mean()
+    assert np.median(errors) < 3.0 < identity_error
+    flat = np.full((128, 128), 90, np.uint8)
+    estimate, ok = orb_ransac_corners(flat, flat)
+    assert not ok and np.array_equal(estimate, ops.square_corners(128).double().numpy())
+
+
+# ---- model --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model() -> HomographyTask:
+    torch.manual_seed(0)
+    return HomographyTask(image_size=64, patch_size=48, rho=12.0, hidden=32).eval()
+
+
+def test_head_starts_at_identity_and_trains_all_of_conv1(model: HomographyTask) -> None:
+    images = torch.randn(2, 2, 64, 64)
+    outputs = model(images)
+    assert outputs.shape == (2, 8) and torch.all(outputs == 0)
+    batch = {"corners": ops.square_corners(48).expand(2, 4, 2) + 6.0}
+    model.train()
+    loss = model.compute_loss(model(images), batch)["loss"]
+    loss.backward()
+    model.eval()
+    grad = model.backbone.stem[0].weight.grad
+    assert grad.shape[1] == 2 and grad[:, 1].abs().sum() > 0 and loss > 0
+    model.zero_grad()
+
+
+def test_decode_and_predict_write_consistent_corners(model: HomographyTask, tmp_path) -> None:
+    image = cv2.cvtColor(_texture(np.random.default_rng(7), 160, 120), cv2.COLOR_GRAY2RGB)
+    samples = [model.predict_sample(image), model.predict_sample(image)]
+    assert torch.equal(samples[0]["corners"], samples[1]["corners"])  # seeded by the image
+    batch = {"image": torch.stack([s["image"] for s in samples]), "image_id": [1, 2],
+             "corners": [s["corners"] for s in samples]}  # fmt: skip
+    with torch.no_grad():
+        outputs = model(batch["image"]) + 0.25
+    predictions = model.decode(outputs, batch)
+    corners = torch.tensor(predictions[0]["corners"], dtype=torch.float64)
+    torch.testing.assert_close(corners, ops.square_corners(48, torch.float64) + 3.0)
+    mapped = ops.apply_homography(torch.tensor(predictions[0]["homography"]),
+                                  ops.square_corners(48, torch.float64))  # fmt: skip
+    torch.testing.assert_close(mapped, corners, atol=1e-6, rtol=0)
+    truth = samples[0]["corners"].double()
+    expected_error = float((corners - truth).norm(dim=1).mean())
+    assert predictions[0]["corner_error"] == pytest.approx(expected_error)
+    written = model.write_predictions(predictions[:1], [image], ["pic.jpg"], tmp_path)
+    record = json.loads((tmp_path / "pic.homography.json").read_text())
+    offset = np.array(record["true_corners_in_image"]) - np.array(record["true_corners"])
+    np.testing.assert_allclose(offset, np.tile(record["patch_origin"], (4, 1)))
+    assert cv2.imread(str(tmp_path / "pic.homography.png")) is not None and len(written) == 2

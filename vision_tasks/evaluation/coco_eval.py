@@ -1,0 +1,173 @@
+"""COCO evaluation (bbox / segm / keypoints) with pycocotools' COCOeval: the reference numbers.
+
+The results go through ``COCO.loadRes`` and ``COCOeval`` unchanged, so the 12 (or 10) stats are
+exactly what ``pycocotools`` prints for the same files; this module only names them, adds the
+per-category AP table and precision-recall curves that COCOeval computes but does not show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from vision_tasks.data.coco import CocoIndex, load_results
+
+BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
+             "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # fmt: skip
+KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+# COCO's per-keypoint OKS sigmas for the 17 person keypoints (pycocotools' default).
+COCO_PERSON_SIGMAS = np.array(
+    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62,
+     1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
+) / 10.0  # fmt: skip
+
+
+@dataclass
+class CocoEvalResult:
+    """Named COCOeval stats plus what a report shows beside them."""
+
+    stats: dict[str, float]
+    per_category: list[dict[str, Any]] = field(default_factory=list)
+    pr_curves: list[dict[str, Any]] = field(default_factory=list)
+
+
+def coco_evaluate(
+    index: CocoIndex,
+    results: list[dict[str, Any]],
+    iou_type: str = "bbox",
+    image_ids: list[int] | None = None,
+    keypoint_sigmas: np.ndarray | None = None,
+    category_ids: list[int] | None = None,
+) -> CocoEvalResult:
+    """Run COCOeval on ``results`` (COCO results form) against the index's ground truth.
+
+    Args:
+        index: ground truth (its ``coco`` object, after validation).
+        results: e.g. ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` each.
+        iou_type: ``bbox``, ``segm`` or ``keypoints``.
+        image_ids: evaluate on these images only (default: every image of the index).
+        keypoint_sigmas: (K,) OKS sigmas for ``keypoints`` (default: COCO's person sigmas).
+        category_ids: evaluate these categories only (default: all); ``keypoints`` needs the
+            ones that define keypoints (COCOeval reads ``num_keypoints`` of every ground truth).
+    """
+    gt = index.coco
+    detections = load_results(index, results)
+    evaluator = COCOeval(gt, detections, iou_type)
+    evaluator.params.imgIds = sorted(image_ids if image_ids is not None else index.image_ids)
+    if category_ids is not None:
+        evaluator.params.catIds = sorted(category_ids)
+    if iou_type == "keypoints" and keypoint_sigmas is not None:
+        evaluator.params.kpt_oks_sigmas = np.asarray(keypoint_sigmas, dtype=np.float64)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    names = KEYPOINT_STATS if iou_type == "keypoints" else BOX_STATS
+    stats = {name: float(value) for name, value in zip(names, evaluator.stats)}
+    return CocoEvalResult(stats, _per_category(evaluator, gt), _pr_curves(evaluator, gt))
+
+
+def _per_category(evaluator: COCOeval, gt: COCO) -> list[dict[str, Any]]:
+    """AP, AP50, AP75 per category (area all, maxDets last), -1 where it has no ground truth."""
+    precision = evaluator.eval["precision"]  # (T iou, R recall, K cat, A area, M maxDets)
+    iou_thresholds = list(evaluator.params.iouThrs)
+    rows = []
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        def ap(p: np.ndarray) -> float:
+            valid = p[p > -1]
+            return float(valid.mean()) if valid.size else -1.0
+
+        rows.append(
+            {
+                "id": cat_id,
+                "category": gt.cats[cat_id]["name"],
+                "AP": ap(precision[:, :, k, 0, -1]),
+                "AP50": ap(precision[_threshold(iou_thresholds, 0.5), :, k, 0, -1]),
+                "AP75": ap(precision[_threshold(iou_thresholds, 0.75), :, k, 0, -1]),
+                "instances": len(gt.getAnnIds(catIds=[cat_id], iscrowd=False)),
+            }
+        )
+    return rows
+
+
+def _pr_curves(evaluator: COCOeval, gt: COCO) -> list[dict[str, Any]]:
+    """Precision vs recall at IoU 0.5 per category (area all, maxDets last)."""
+    precision = evaluator.eval["precision"]
+    recall = evaluator.params.recThrs
+    t = _threshold(list(evaluator.params.iouThrs), 0.5)
+    curves = []
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        p = precision[t, :, k, 0, -1]
+        if (p > -1).any():
+            curves.append({"label": gt.cats[cat_id]["name"], "x": recall.tolist(),
+                           "y": np.clip(p, 0, None).tolist()})  # fmt: skip
+    return curves
+
+
+def _threshold(thresholds: list[float], value: float) -> int:
+    return int(np.argmin(np.abs(np.asarray(thresholds) - value)))
+
+
+def results_from_predictions(predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-image predictions (``bbox`` (K, 4) xywh, ``score``, ``category_id``) -> COCO records."""
+    records = []
+    for prediction in predictions:
+        image_id = int(prediction["image_id"])
+        for box, score, category in zip(prediction["bbox"].tolist(), prediction["score"].tolist(),
+                                        prediction["category_id"].tolist()):  # fmt: skip
+            records.append({"image_id": image_id, "category_id": int(category),
+                            "bbox": [round(v, 3) for v in box], "score": round(score, 5)})  # fmt: skip
+    return records
+
+
+class CocoBoxMetric(Metric):
+    """Collects detections over an epoch (gathered across processes) and runs COCOeval bbox.
+
+    Set ``index`` (the split's :class:`CocoIndex`) before ``compute``. ``compute`` returns the 12
+    stats as floats plus ``result`` (:class:`CocoEvalResult`), ``images`` and ``detections``.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("image_ids", "det_image_ids", "det_boxes", "det_scores", "det_categories"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self.index: CocoIndex | None = None
+
+    def update(self, predictions: list[dict[str, Any]], image_ids: Tensor) -> None:
+        """Add one batch: per-image predictions and the ids of every image evaluated."""
+        self.image_ids.append(torch.as_tensor(image_ids).long().cpu())
+        for p in predictions:
+            count = len(p["score"])
+            self.det_image_ids.append(torch.full((count,), int(p["image_id"]), dtype=torch.long))
+            self.det_boxes.append(torch.as_tensor(p["bbox"]).float().reshape(-1, 4))
+            self.det_scores.append(torch.as_tensor(p["score"]).float())
+            self.det_categories.append(torch.as_tensor(p["category_id"]).long())
+
+    def compute(self) -> dict[str, Any]:
+        """COCOeval bbox over everything collected."""
+        if self.index is None:
+            raise RuntimeError("CocoBoxMetric.index must be set to the split's CocoIndex")
+        image_ids = sorted(set(dim_zero_cat(self.image_ids).tolist())) if self.image_ids else []
+        records = []
+        if self.det_scores:
+            boxes = dim_zero_cat(self.det_boxes).reshape(-1, 4)
+            predictions = [{"image_id": 0, "bbox": boxes, "score": dim_zero_cat(self.det_scores),
+                            "category_id": dim_zero_cat(self.det_categories)}]  # fmt: skip
+            records = results_from_predictions(predictions)
+            for record, image_id in zip(records, dim_zero_cat(self.det_image_ids).tolist()):
+                record["image_id"] = image_id
+        result = coco_evaluate(self.index, records, "bbox", image_ids=image_ids)
+        return {**result.stats, "result": result, "images": len(image_ids),
+                "detections": len(records)}  # fmt: skip

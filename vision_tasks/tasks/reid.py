@@ -1,0 +1,576 @@
+"""Re-identification: dataset view -> P x K sampler -> head -> losses -> task.
+
+A sample is the crop of one COCO annotation that carries an identity (``track_id`` by default);
+its camera is the image's ``camera_id``. The model follows "Bag of Tricks" (Luo et al. 2019):
+backbone (optionally last stride 1) -> average or GeM pooling -> BNNeck; the batch-hard triplet
+loss (Hermans et al. 2017) acts on the features before the BatchNorm, the label-smoothed identity
+cross-entropy after it, and the L2-normalised BatchNorm output is the embedding. Evaluation is
+CMC / mAP under the Market-1501 protocol (:class:`~vision_tasks.evaluation.metrics.ReidMetric`).
+
+Identities are opaque integers; a missing, null or negative identity means "none" (Market-1501's
+junk, -1): such annotations are left out and counted. The query / gallery split comes from the
+data (annotation ``is_query`` or image ``split`` = ``query`` / ``gallery``) or, when no sample
+has either, is made deterministically: the first annotation of each identity in each camera.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import BatchSampler, Dataset, DistributedSampler
+
+from vision_tasks import ops
+from vision_tasks.backbone import Backbone
+from vision_tasks.data.coco import CocoDataError, CocoIndex
+from vision_tasks.data.datamodule import VisionDataModule
+from vision_tasks.data.transforms import reid_transforms
+from vision_tasks.evaluation.metrics import ReidMetric
+from vision_tasks.evaluation.report import Figure, Report
+from vision_tasks.layers import GeneralizedMeanPool
+from vision_tasks.tasks.base import BaseTask
+from vision_tasks.utils import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# ---- dataset view -----------------------------------------------------------------------------
+
+
+def crop_size(image_size: int, aspect_ratio: float) -> tuple[int, int]:
+    """Crop ``(width, height)``: ``image_size`` is the height, ``aspect_ratio`` = width / height."""
+    return max(8, round(image_size * aspect_ratio)), image_size
+
+
+class ReidDataset(Dataset):
+    """Identity-carrying annotations of a COCO split as crops.
+
+    Samples are ``{"image", "identity", "label", "camera", "is_query", "image_id",
+    "annotation_id"}``; ``label`` is the contiguous index of the identity among this split's
+    identities (for the identity loss) when ``train``, else -1.
+    """
+
+    def __init__(
+        self,
+        index: CocoIndex,
+        image_size: int,
+        train: bool,
+        aspect_ratio: float = 0.5,
+        identity_field: str = "track_id",
+        camera_field: str = "camera_id",
+        crop_margin: float = 0.1,
+    ) -> None:
+        self.index = index
+        self.size = crop_size(image_size, aspect_ratio)
+        self.crop_margin = crop_margin
+        self.transform = reid_transforms(self.size[1], self.size[0], train)
+        self.skipped: Counter[str] = Counter()
+        self.samples = self._samples(identity_field, camera_field)
+        self.identities = [s["identity"] for s in self.samples]
+        self.cameras = [s["camera"] for s in self.samples]
+        self.is_query = self._query_flags()
+        known = sorted(set(self.identities)) if train else []
+        self.labels = {identity: i for i, identity in enumerate(known)}
+        self.positions = {s["ann"]["id"]: i for i, s in enumerate(self.samples)}
+        if self.skipped:
+            counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+            log.info("%s: re-ID left out %s", index.json_path.name, counts)
+
+    def _samples(self, identity_field: str, camera_field: str) -> list[dict[str, Any]]:
+        samples, name = [], self.index.json_path.name
+        for image_id in self.index.image_ids:
+            image = self.index.image_info(image_id)
+            for ann in self.index.annotations(image_id, include_crowd=False):
+                identity = ann.get(identity_field)
+                if identity is not None and not _is_int(identity):
+                    raise CocoDataError(
+                        f"{name}: annotation id={ann['id']}: field '{identity_field}': expected "
+                        f"an integer identity (or null / -1 for none), got {identity!r}"
+                    )
+                if identity is None or identity < 0:
+                    self.skipped["annotations without identity"] += 1
+                    continue
+                camera = image.get(camera_field)
+                if not _is_int(camera):
+                    raise CocoDataError(
+                        f"{name}: image id={image_id}: field '{camera_field}': expected an "
+                        f"integer camera id, got {camera!r} (set --data.camera_field)"
+                    )
+                samples.append({"image_id": image_id, "ann": ann, "identity": identity,
+                                "camera": camera, "split": image.get("split")})  # fmt: skip
+        return samples
+
+    def _query_flags(self) -> list[bool]:
+        """Query marks from the data, else the first sample of each (identity, camera)."""
+        marks = ("query", "gallery")
+        if any("is_query" in s["ann"] or s["split"] in marks for s in self.samples):
+            return [bool(s["ann"].get("is_query", s["split"] == "query")) for s in self.samples]
+        first: dict[tuple[int, int], int] = {}
+        for i, s in enumerate(self.samples):
+            key = (s["identity"], s["camera"])
+            if key not in first or s["ann"]["id"] < self.samples[first[key]]["ann"]["id"]:
+                first[key] = i
+        chosen = set(first.values())
+        return [i in chosen for i in range(len(self.samples))]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def crop(self, i: int) -> np.ndarray:
+        """The un-augmented crop of sample ``i`` (H, W, 3) uint8 RGB."""
+        sample = self.samples[i]
+        x, y, w, h = sample["ann"]["bbox"]
+        matrix = ops.box_affine([x, y, x + w, y + h], self.size, margin=self.crop_margin)
+        return ops.crop_affine(self.index.load_image(sample["image_id"]), matrix, self.size)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.samples[i]
+        return {
+            "image": self.transform(image=self.crop(i))["image"],
+            "identity": sample["identity"],
+            "label": self.labels.get(sample["identity"], -1),
+            "camera": sample["camera"],
+            "is_query": self.is_query[i],
+            "image_id": sample["image_id"],
+            "annotation_id": sample["ann"]["id"],
+        }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---- P x K sampler ----------------------------------------------------------------------------
+
+
+class _Cycle:
+    """Draws items in shuffled rounds; ``take(n)`` gives n distinct items (n <= len(items))."""
+
+    def __init__(self, items: Sequence[int], rng: np.random.Generator) -> None:
+        self.items, self.rng, self.queue = list(items), rng, []
+
+    def take(self, n: int) -> list[int]:
+        if len(self.queue) < n:  # new round, never repeating what is still queued
+            rest = set(self.queue)
+            self.queue += [x for x in self.rng.permutation(self.items).tolist() if x not in rest]
+        taken, self.queue = self.queue[:n], self.queue[n:]
+        return taken
+
+
+class PKBatchSampler(BatchSampler):
+    """Batches of P identities x K instances, deterministic in (seed, epoch), sharded for DDP.
+
+    Identities with fewer than 2 instances cannot form a positive pair and are left out (counted
+    in ``left_out``). Identities come in shuffled rounds (each seen about equally often); an
+    identity with fewer than K instances repeats some. One epoch has ``len(samples) // (P * K)``
+    batches over all processes; every process builds the same global sequence from
+    ``(seed, epoch)`` and takes every ``num_replicas``-th batch, so all ranks run the same
+    number of steps.
+
+    The shard and the epoch are read from ``sampler``, a :class:`DistributedSampler` used only
+    for its ``num_replicas``, ``rank`` and ``epoch`` (it draws nothing): this is the object
+    Lightning injects into a batch sampler under DDP and whose ``set_epoch`` it calls every epoch.
+
+    Args:
+        sampler: the shard (``None``: one process); see above.
+        identities: (N,) identity of every dataset sample.
+        num_identities: P, identities per batch (fewer if fewer are eligible).
+        num_instances: K, samples per identity in a batch.
+        seed: seed of the sampling.
+    """
+
+    def __init__(
+        self,
+        sampler: DistributedSampler | None,
+        identities: Sequence[int],
+        num_identities: int = 16,
+        num_instances: int = 4,
+        seed: int = 0,
+    ) -> None:
+        # No super().__init__(): BatchSampler's checks assume a batch size over an index sampler.
+        if sampler is None:
+            sampler = DistributedSampler(range(len(identities)), 1, 0, shuffle=False)
+        self.sampler = sampler
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, identity in enumerate(identities):
+            groups[identity].append(i)
+        self.groups = {k: v for k, v in sorted(groups.items()) if len(v) >= 2}
+        self.left_out = len(groups) - len(self.groups)
+        if len(self.groups) < 2:
+            raise CocoDataError(
+                f"P x K sampling needs 2 or more identities with 2 or more samples each; the "
+                f"training split has {len(self.groups)} ({len(groups)} identities in all)"
+            )
+        if num_instances < 2 or num_identities < 2:
+            raise ValueError(f"P and K must be >= 2, got P={num_identities}, K={num_instances}")
+        self.num_identities = min(num_identities, len(self.groups))
+        self.num_instances, self.seed = num_instances, seed
+        self.batch_size, self.drop_last = self.num_identities * num_instances, True
+        eligible = sum(len(v) for v in self.groups.values())
+        self.num_batches = max(1, eligible // self.batch_size // self.sampler.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (Lightning calls this on ``self.sampler`` for us)."""
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.Generator(np.random.PCG64([self.seed, self.sampler.epoch]))
+        identities = _Cycle(list(self.groups), rng)
+        instances = {k: _Cycle(v, rng) for k, v in self.groups.items()}
+        world, rank = self.sampler.num_replicas, self.sampler.rank
+        for step in range(self.num_batches * world):
+            batch = []
+            for identity in identities.take(self.num_identities):
+                members = self.groups[identity]
+                if len(members) >= self.num_instances:
+                    batch += instances[identity].take(self.num_instances)
+                else:  # every member once, the rest drawn again
+                    extra = rng.choice(members, self.num_instances - len(members)).tolist()
+                    batch += members + extra
+            if step % world == rank:
+                yield batch
+
+
+# ---- data module ------------------------------------------------------------------------------
+
+
+class ReidData(VisionDataModule):
+    """Re-ID data: crops of identity-carrying annotations, P x K training batches.
+
+    ``batch_size`` = P x K: K is ``num_instances`` (at most half the batch), P = batch_size // K.
+    """
+
+    def __init__(
+        self,
+        train_json: str | None = None,
+        train_images: str | None = None,
+        val_json: str | None = None,
+        val_images: str | None = None,
+        test_json: str | None = None,
+        test_images: str | None = None,
+        image_size: int = 128,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        policy: Literal["strict", "skip"] = "strict",
+        synthetic_seed: int = 0,
+        synthetic_train: int = 600,
+        synthetic_val: int = 120,
+        aspect_ratio: float = 0.5,
+        num_instances: int = 4,
+        identity_field: str = "track_id",
+        camera_field: str = "camera_id",
+        crop_margin: float = 0.1,
+        sampler_seed: int = 0,
+    ) -> None:
+        super().__init__(
+            train_json, train_images, val_json, val_images, test_json, test_images, image_size,
+            batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
+        )  # fmt: skip
+        self.aspect_ratio = aspect_ratio
+        self.num_instances = num_instances
+        self.identity_field, self.camera_field = identity_field, camera_field
+        self.crop_margin = crop_margin
+        self.sampler_seed = sampler_seed
+
+    def build_dataset(self, index: CocoIndex, train: bool) -> ReidDataset:
+        """Crops of the annotations that carry an identity."""
+        return ReidDataset(index, self.image_size, train, self.aspect_ratio,
+                           self.identity_field, self.camera_field, self.crop_margin)  # fmt: skip
+
+    def train_batch_sampler(self, dataset: ReidDataset) -> PKBatchSampler:
+        """P x K batches, sharded by this process's rank."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        shard = DistributedSampler(range(len(dataset)), world, rank, shuffle=False)
+        k = min(self.num_instances, max(2, self.batch_size // 2))
+        sampler = PKBatchSampler(shard, dataset.identities, max(2, self.batch_size // k), k,
+                                 self.sampler_seed)  # fmt: skip
+        if sampler.left_out:
+            log.info("P x K sampler: %d identities with one sample left out", sampler.left_out)
+        return sampler
+
+    @property
+    def num_train_identities(self) -> int:
+        """Identities of the training split (the identity classifier's classes)."""
+        return len(self._dataset("train").labels)
+
+
+# ---- head and losses --------------------------------------------------------------------------
+
+
+class ReidHead(nn.Module):
+    """Pooling -> optional linear reduction -> BNNeck over c5.
+
+    Args:
+        in_channels: channels of the feature map.
+        embedding_dim: 0 keeps ``in_channels``; else a linear layer reduces to it.
+        pooling: ``avg`` or ``gem`` (generalised mean, learnt exponent).
+    """
+
+    def __init__(
+        self, in_channels: int, embedding_dim: int = 0, pooling: Literal["avg", "gem"] = "gem"
+    ) -> None:
+        super().__init__()
+        self.pool = GeneralizedMeanPool() if pooling == "gem" else None
+        dim = embedding_dim or in_channels
+        self.reduce = nn.Linear(in_channels, dim) if embedding_dim else nn.Identity()
+        self.bnneck = nn.BatchNorm1d(dim)
+        self.bnneck.bias.requires_grad_(False)  # BNNeck: a shift would only blur the ID loss
+        self.out_channels = dim
+
+    def forward(self, c5: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C, h, w) -> features (B, D) for the triplet loss, BN features (B, D)."""
+        pooled = self.pool(c5) if self.pool is not None else c5.mean(dim=(2, 3))
+        features = self.reduce(pooled)
+        return features, self.bnneck(features)
+
+
+def hardest_pairs(distances: Tensor, identities: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch-hard mining: each anchor's farthest positive and nearest negative.
+
+    Args:
+        distances: (B, B) pairwise distances.
+        identities: (B,) identities.
+
+    Returns:
+        positive (B,) and negative (B,) indices, and valid (B,) bool: the anchor has both.
+    """
+    same = identities[:, None] == identities[None, :]
+    eye = torch.eye(len(identities), dtype=torch.bool, device=distances.device)
+    positives, negatives = same & ~eye, ~same
+    inf = torch.finfo(distances.dtype).max
+    positive = distances.masked_fill(~positives, -inf).argmax(dim=1)
+    negative = distances.masked_fill(~negatives, inf).argmin(dim=1)
+    return positive, negative, positives.any(dim=1) & negatives.any(dim=1)
+
+
+def batch_hard_triplet_loss(
+    features: Tensor, identities: Tensor, margin: float | None = 0.3
+) -> Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017) on Euclidean distances.
+
+    Args:
+        features: (B, D) embeddings.
+        identities: (B,) identities.
+        margin: hinge margin; ``None`` uses the soft margin ``log(1 + exp(d_ap - d_an))``.
+
+    Returns:
+        Scalar mean over anchors that have a positive and a negative (0 if none has).
+    """
+    squared = torch.cdist(features, features).pow(2)
+    distances = squared.clamp(min=1e-12).sqrt()  # gradient-safe on the diagonal
+    positive, negative, valid = hardest_pairs(distances.detach(), identities)
+    rows = torch.arange(len(features), device=features.device)
+    gap = distances[rows, positive] - distances[rows, negative]
+    losses = F.softplus(gap) if margin is None else F.relu(gap + margin)
+    return losses[valid].mean() if valid.any() else features.sum() * 0.0
+
+
+def identity_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.1) -> Tensor:
+    """Label-smoothed cross-entropy of (B, N) logits over rows with a label >= 0."""
+    known = labels >= 0
+    if not known.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[known], labels[known], label_smoothing=label_smoothing)
+
+
+# ---- task -------------------------------------------------------------------------------------
+
+
+class ReidTask(BaseTask):
+    """Backbone -> pooling -> BNNeck embedding, trained with triplet (+ identity) losses.
+
+    Args:
+        categories: COCO category records; linked from the data module (kept, not used).
+        image_size: crop height the model was trained at (for prediction).
+        crop_aspect_ratio: crop width / height, recorded from the data module at fit (under
+            another name than the data's ``aspect_ratio``: Lightning refuses a model and data
+            hyper-parameter of one name with two values).
+        num_identities: identity classifier classes; 0: counted in the training data at fit.
+        pooling: ``avg`` or ``gem``.
+        embedding_dim: 0 keeps the backbone's c5 width, else a linear reduction.
+        last_stride: 1 keeps c5 at stride 16 (finer pooled features, as usual in re-ID).
+        margin: triplet margin; ``None`` for the soft margin.
+        triplet_weight: weight of the triplet loss.
+        id_loss_weight: weight of the identity cross-entropy (0 switches it off).
+        label_smoothing: label smoothing of the identity cross-entropy.
+        (the rest: see :class:`BaseTask`)
+    """
+
+    task_name = "reid"
+    monitor = "val/mAP"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        categories: list[dict[str, Any]] | None = None,
+        image_size: int = 128,
+        crop_aspect_ratio: float = 0.5,
+        num_identities: int = 0,
+        pooling: Literal["avg", "gem"] = "gem",
+        embedding_dim: int = 0,
+        last_stride: int = 1,
+        margin: float | None = 0.3,
+        triplet_weight: float = 1.0,
+        id_loss_weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        backbone: str = "resnet18",
+        backbone_weights: str = "none",
+        freeze_at: int = 0,
+        lr: float = 3.5e-4,
+        backbone_lr_mult: float = 1.0,
+        weight_decay: float = 5e-4,
+        warmup_epochs: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+        min_lr_ratio: float = 0.05,
+    ) -> None:
+        super().__init__(
+            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
+            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
+        )  # fmt: skip
+        if last_stride != 2:  # BaseTask builds the usual stride-2 trunk
+            self.backbone = Backbone(backbone, backbone_weights, 3, freeze_at,
+                                     last_stride=last_stride)  # fmt: skip
+        self.categories = categories or []
+        self.head = ReidHead(self.backbone.out_channels["c5"], embedding_dim, pooling)
+        self.classifier: nn.Linear | None = None
+        if num_identities > 0 and id_loss_weight > 0:
+            self._build_classifier(num_identities)
+        self.val_metric = ReidMetric()
+        self.test_metric = ReidMetric()
+
+    def _build_classifier(self, num_identities: int) -> None:
+        self.classifier = nn.Linear(self.head.out_channels, num_identities, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def setup(self, stage: str) -> None:
+        """At fit, record the crop aspect ratio and identity count of the training data."""
+        datamodule = self.trainer.datamodule
+        if stage != "fit" or not isinstance(datamodule, ReidData):
+            return
+        self.hparams.crop_aspect_ratio = datamodule.aspect_ratio  # saved with the checkpoint
+        if self.hparams.id_loss_weight <= 0:
+            return
+        found = datamodule.num_train_identities
+        if self.classifier is None:
+            self._build_classifier(found)
+            self.hparams.num_identities = found
+        elif self.classifier.out_features < found:
+            raise CocoDataError(f"--model.num_identities {self.classifier.out_features} is "
+                                f"below the {found} identities of the training data")  # fmt: skip
+
+    def forward(self, images: Tensor) -> dict[str, Tensor | None]:
+        """(B, 3, H, W) -> ``features`` (B, D), ``embedding`` (B, D) unit-norm, ``logits``."""
+        features, bn_features = self.head(self.backbone(images)["c5"])
+        logits = self.classifier(bn_features) if self.classifier is not None else None
+        embedding = F.normalize(bn_features, dim=1)
+        return {"features": features, "embedding": embedding, "logits": logits}
+
+    def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Triplet loss on the features, identity loss on the labelled rows."""
+        hp = self.hparams
+        triplet = batch_hard_triplet_loss(outputs["features"], batch["identity"], hp.margin)
+        losses = {"triplet": triplet, "loss": hp.triplet_weight * triplet}
+        if outputs["logits"] is not None:
+            losses["id"] = identity_loss(outputs["logits"], batch["label"], hp.label_smoothing)
+            losses["loss"] = losses["loss"] + hp.id_loss_weight * losses["id"]
+        return losses
+
+    def update_metric(self, metric: ReidMetric, outputs: dict[str, Any], batch: dict) -> None:
+        """Collect embeddings with identity, camera, query flag and annotation id."""
+        metric.update(outputs["embedding"], batch["identity"], batch["camera"],
+                      batch["is_query"], batch["annotation_id"])  # fmt: skip
+
+    def decode(self, outputs: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per sample: image id (annotation id where known) and its (D,) float32 embedding."""
+        embeddings = outputs["embedding"].detach().float().cpu().numpy()
+        results = []
+        for i, embedding in enumerate(embeddings):
+            result = {"image_id": int(batch["image_id"][i]), "embedding": embedding}
+            if "annotation_id" in batch:
+                result["annotation_id"] = int(batch["annotation_id"][i])
+            results.append(result)
+        return results
+
+    def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
+        """A whole image is one crop: resized to the training crop size."""
+        width, height = crop_size(self.hparams.image_size, self.hparams.crop_aspect_ratio)
+        return {"image": reid_transforms(height, width, train=False)(image=image)["image"]}
+
+    def write_predictions(
+        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        out_dir: Path,
+    ) -> list[Path]:  # fmt: skip
+        """Append the batch to ``embeddings.npy`` (N, D) and its file names to ``embeddings.json``.
+
+        ``tools/predict.py`` numbers images from 1 in file order: image 1 starts the files anew.
+        """
+        out_dir = Path(out_dir)
+        array_path, names_path = out_dir / "embeddings.npy", out_dir / "embeddings.json"
+        rows = np.stack([p["embedding"] for p in predictions]).astype(np.float32)
+        if predictions[0]["image_id"] != 1 and array_path.is_file() and names_path.is_file():
+            rows = np.concatenate([np.load(array_path), rows])
+            names = json.loads(names_path.read_text())["files"] + list(names)
+        buffer = io.BytesIO()
+        np.save(buffer, rows)
+        atomic_write_bytes(array_path, buffer.getvalue())
+        listing = {"files": list(names), "dim": int(rows.shape[1]), "normalized": True}
+        atomic_write_json(names_path, listing)
+        return [array_path, names_path]
+
+    # ---- report -----------------------------------------------------------------------------
+    def build_report(self, values: dict[str, Any], samples: list) -> Report:
+        """Rank-1/5/10 and mAP, the CMC curve and a retrieval grid (query + top 10)."""
+        headline = {k: float(values[k]) for k in ("rank1", "rank5", "rank10", "mAP")}
+        counts = ("num_queries", "num_valid_queries", "num_skipped_queries", "num_gallery")
+        cmc = [float(v) for v in values["cmc"]]
+        metrics = {**headline, **{k: int(values[k]) for k in counts}, "cmc": cmc}
+        figures = [
+            Figure("cmc", "curves", "CMC curve",
+                   {"series": [{"label": "CMC", "x": list(range(1, len(cmc) + 1)), "y": cmc}],
+                    "xlabel": "rank", "ylabel": "matching rate"}),
+        ]  # fmt: skip
+        grid = self._retrieval_grid(values.get("examples") or {})
+        if grid is not None:
+            figures.append(grid)
+        if metrics["num_skipped_queries"]:
+            log.warning("%d of %d queries have no match in the gallery and were skipped",
+                        metrics["num_skipped_queries"], metrics["num_queries"])  # fmt: skip
+        return Report("reid", headline, metrics, {}, figures)
+
+    def _retrieval_grid(self, examples: dict[str, Any]) -> Figure | None:
+        """Each row: a query crop, then its top gallery crops marked correct / wrong."""
+        dataset = getattr(getattr(self._trainer, "test_dataloaders", None), "dataset", None)
+        if not examples or not isinstance(dataset, ReidDataset):
+            return None
+        images, captions, ok = [], [], []
+        columns = 1 + max(len(top) for top in examples["gallery_keys"])
+        for query, top, correct in zip(examples["query_keys"].tolist(),
+                                       examples["gallery_keys"], examples["correct"]):  # fmt: skip
+            for rank, key in enumerate([query, *top.tolist()]):
+                i = dataset.positions[key]
+                images.append(dataset.crop(i))
+                where = f"id {dataset.identities[i]} cam {dataset.cameras[i]}"
+                captions.append(f"query: {where}" if rank == 0 else f"#{rank}: {where}")
+                ok.append(None if rank == 0 else bool(correct[rank - 1]))
+            padding = columns - 1 - len(top)
+            images += [np.zeros_like(images[-1])] * padding
+            captions += [""] * padding
+            ok += [None] * padding
+        return Figure(
+            "retrieval",
+            "image_grid",
+            "Retrieval: query, then the top gallery matches",
+            {"images": images, "captions": captions, "ok": ok, "columns": columns},
+        )

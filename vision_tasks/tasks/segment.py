@@ -1,0 +1,465 @@
+"""Semantic segmentation: COCO masks -> label maps -> U-Net -> cross-entropy (+ Dice) -> mIoU.
+
+Targets are one label map per image, rasterised by pycocotools (``COCO.annToMask``) from the
+polygons and RLEs of its annotations: background 0, category ``k`` (contiguous index) ``k + 1``,
+and ``IGNORE_INDEX`` (255) where a pixel is unknown, so it neither trains nor counts:
+
+- overlapping instances: painted largest area first, so the smaller instance wins (a small
+  object lying on a large one stays visible); equal areas in annotation-id order;
+- ``iscrowd`` regions are painted last and always win: their pixels are ignored;
+- an annotation without a segmentation is ignored over its box (its pixels are unknown).
+
+Scores are computed at each image's original resolution: the logits of the valid (unpadded)
+part of the network input are resized bilinearly to the original size, as prediction does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
+
+from vision_tasks import ops
+from vision_tasks.data.coco import CocoDataError, CocoIndex
+from vision_tasks.data.datamodule import VisionDataModule
+from vision_tasks.data.transforms import segment_transforms
+from vision_tasks.evaluation.metrics import SegmentationMetric
+from vision_tasks.evaluation.report import Figure, Report
+from vision_tasks.layers import UNetDecoder
+from vision_tasks.tasks.base import BaseTask
+
+IGNORE_INDEX = 255
+NETWORK_STRIDE = 32  # c5's stride: inputs are padded to a multiple of it
+
+# ---- targets ----------------------------------------------------------------------------------
+
+
+def semantic_label_map(
+    coco: COCO, anns: list[dict], cat_to_index: dict[int, int], height: int, width: int
+) -> np.ndarray:
+    """Rasterise one image's annotations into an (H, W) uint8 label map (see module docstring).
+
+    Args:
+        coco: the pycocotools index the annotations belong to (sizes come from its images).
+        anns: the image's annotations, crowd ones included.
+        cat_to_index: COCO category id -> contiguous index (label = index + 1).
+        height: image height.
+        width: image width.
+    """
+    label = np.zeros((height, width), np.uint8)
+    things = sorted((a for a in anns if not a.get("iscrowd")), key=lambda a: (-a["area"], a["id"]))
+    unknown = [a for a in anns if a.get("iscrowd") or not a.get("segmentation")]
+    for ann in things:
+        if ann.get("segmentation"):
+            label[coco.annToMask(ann) > 0] = cat_to_index[ann["category_id"]] + 1
+    for ann in unknown:
+        if ann.get("segmentation"):
+            label[coco.annToMask(ann) > 0] = IGNORE_INDEX
+        else:
+            x, y, w, h = ann["bbox"]
+            x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
+            label[y0 : int(np.ceil(y + h)), x0 : int(np.ceil(x + w))] = IGNORE_INDEX
+    return label
+
+
+def voc_palette(num_entries: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map (num_entries, 3) uint8: 0 black, 255 (ignore) cream."""
+    palette = np.zeros((num_entries, 3), np.uint8)
+    for index in range(num_entries):
+        value, shift = index, 7
+        while value:  # the bits of the index spread over the high bits of R, G, B
+            for channel in range(3):
+                palette[index, channel] |= ((value >> channel) & 1) << shift
+            value, shift = value >> 3, shift - 1
+    return palette
+
+
+PALETTE = voc_palette()
+
+
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the palette colours of an (H, W) label map over an (H, W, 3) uint8 RGB image."""
+    colours = PALETTE[label]
+    blended = cv2.addWeighted(image, 1 - alpha, colours, alpha, 0.0)
+    return np.where((label > 0)[..., None], blended, image)
+
+
+# ---- dataset view -----------------------------------------------------------------------------
+
+
+class SegmentDataset(Dataset):
+    """COCO split as ``{"image", "mask", "image_id", "input_hw", "original_hw"}`` samples.
+
+    Evaluation samples also carry ``mask_original``: the label map at the original size.
+    ``input_hw`` is the part of ``image`` that holds the picture (the rest is padding).
+    """
+
+    def __init__(
+        self, index: CocoIndex, image_size: int, crop_size: int, train: bool,
+        scale_range: tuple[float, float] = (0.75, 1.25),
+    ) -> None:  # fmt: skip
+        if index.num_classes + 1 > IGNORE_INDEX:
+            raise CocoDataError(f"{index.json_path.name}: {index.num_classes} categories; "
+                                f"segmentation supports at most {IGNORE_INDEX - 1}")  # fmt: skip
+        self.index = index
+        self.image_size = image_size
+        self.train = train
+        self.transform = segment_transforms(image_size, crop_size, train, scale_range,
+                                            IGNORE_INDEX)  # fmt: skip
+        self.image_ids = list(index.image_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def label_map(self, image_id: int) -> np.ndarray:
+        """The (H, W) uint8 label map of ``image_id`` at its original size."""
+        info = self.index.image_info(image_id)
+        anns = self.index.annotations(image_id, include_crowd=True)
+        return semantic_label_map(self.index.coco, anns, self.index.cat_to_index, info["height"],
+                                  info["width"])  # fmt: skip
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image_id = self.image_ids[i]
+        image, label = self.index.load_image(image_id), self.label_map(image_id)
+        out = self.transform(image=image, mask=label)
+        sample = {
+            "image": out["image"],
+            "mask": out["mask"].long(),
+            "image_id": image_id,
+            "input_hw": torch.tensor(input_size(image.shape[:2], self.image_size)),
+            "original_hw": torch.tensor(image.shape[:2]),
+        }
+        if self.train:
+            sample["input_hw"] = torch.tensor(out["image"].shape[-2:])  # a crop: all of it
+        else:
+            sample["mask_original"] = torch.from_numpy(label).long()
+        return sample
+
+
+def input_size(original_hw: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """(h, w) of an (H, W) image once its long side is resized to ``image_size`` (albumentations'
+    LongestMaxSize rounding)."""
+    scale = image_size / max(original_hw)
+    return tuple(max(1, round(side * scale)) for side in original_hw)
+
+
+def pad_stack(tensors: list[Tensor], value: float) -> Tensor:
+    """Stack (..., H_i, W_i) tensors into (B, ..., H, W), padding bottom/right with ``value``."""
+    height = max(t.shape[-2] for t in tensors)
+    width = max(t.shape[-1] for t in tensors)
+    return torch.stack([F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value)
+                        for t in tensors])  # fmt: skip
+
+
+class SegmentData(VisionDataModule):
+    """Segmentation data: the shared splits plus the training crop and scale range.
+
+    ``image_size`` is the long side images are resized to; ``crop_size`` the side of the square
+    training crops cut after a random rescale by a factor in [``scale_min``, ``scale_max``].
+    """
+
+    def __init__(
+        self,
+        train_json: str | None = None,
+        train_images: str | None = None,
+        val_json: str | None = None,
+        val_images: str | None = None,
+        test_json: str | None = None,
+        test_images: str | None = None,
+        image_size: int = 320,
+        batch_size: int = 8,
+        num_workers: int | None = None,
+        policy: Literal["strict", "skip"] = "strict",
+        synthetic_seed: int = 0,
+        synthetic_train: int = 600,
+        synthetic_val: int = 120,
+        crop_size: int = 256,
+        scale_min: float = 0.75,
+        scale_max: float = 1.25,
+    ) -> None:
+        super().__init__(
+            train_json, train_images, val_json, val_images, test_json, test_images, image_size,
+            batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
+        )  # fmt: skip
+        if not 0 < scale_min <= scale_max:
+            raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
+        self.crop_size = crop_size
+        self.scale_range = (scale_min, scale_max)
+
+    def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
+        """One sample per image: augmented crops for training, whole images otherwise."""
+        return SegmentDataset(index, self.image_size, self.crop_size, train, self.scale_range)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack; original-size masks (sizes differ between images) are padded with ignore."""
+        if "mask_original" not in samples[0]:
+            return default_collate(samples)
+        originals = [s["mask_original"] for s in samples]
+        batch = default_collate([{k: v for k, v in s.items() if k != "mask_original"}
+                                 for s in samples])  # fmt: skip
+        batch["mask_original"] = pad_stack(originals, IGNORE_INDEX)
+        return batch
+
+
+# ---- head, loss, decode --------------------------------------------------------------------------
+
+
+class SegmentHead(nn.Module):
+    """U-Net decoder over the backbone dict -> 1x1 classifier.
+
+    ``forward(features)`` -> (B, num_classes, H / s, W / s) logits, s = ``decoder.out_stride``
+    (1 with the default five decoder blocks).
+    """
+
+    def __init__(
+        self, in_channels: dict[str, int], num_classes: int,
+        channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.decoder = UNetDecoder(in_channels, channels)
+        self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        """Class logits at the decoder's output stride."""
+        return self.classifier(self.decoder(features))
+
+
+def segmentation_loss(
+    logits: Tensor, target: Tensor, class_weights: Tensor | None = None, dice_weight: float = 0.0
+) -> dict[str, Tensor]:
+    """Cross-entropy (ignore index honoured) plus optional soft Dice.
+
+    Args:
+        logits: (B, C, H, W) raw scores.
+        target: (B, H, W) class indices, ``IGNORE_INDEX`` where unknown.
+        class_weights: optional (C,) cross-entropy weights.
+        dice_weight: weight of the Dice term (0: off).
+
+    Returns:
+        ``{"loss", "ce"[, "dice"]}``; the cross-entropy is a (weighted) mean over the known
+        pixels and 0, not NaN, when a batch has none.
+    """
+    ce = F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX,
+                         reduction="sum")  # fmt: skip
+    known = target != IGNORE_INDEX
+    if class_weights is None:
+        denominator = known.sum()
+    else:
+        denominator = class_weights[target[known]].sum()
+    losses = {"ce": ce / denominator.clamp(min=1e-6)}
+    losses["loss"] = losses["ce"]
+    if dice_weight > 0:
+        losses["dice"] = dice_loss(logits, target)
+        losses["loss"] = losses["ce"] + dice_weight * losses["dice"]
+    return losses
+
+
+def dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """1 - soft Dice, averaged over classes, on the known pixels of (B, C, H, W) / (B, H, W)."""
+    known = (target != IGNORE_INDEX).unsqueeze(1)
+    probs = logits.softmax(dim=1) * known
+    one_hot = F.one_hot(target.masked_fill(~known[:, 0], 0), logits.shape[1])
+    one_hot = one_hot.permute(0, 3, 1, 2).to(probs.dtype) * known
+    intersection = (probs * one_hot).sum(dim=(0, 2, 3))
+    total = probs.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
+
+
+def logits_to_original(logits: Tensor, input_hw: Any, original_hw: Any) -> Tensor:
+    """(C, H, W) logits of one padded input -> (C, H0, W0) at the original image size.
+
+    Keeps the top-left ``input_hw`` (the picture; the rest is padding) and resizes bilinearly.
+    """
+    h, w = (int(v) for v in input_hw)
+    height, width = (int(v) for v in original_hw)
+    valid = logits[None, :, :h, :w]
+    if (h, w) != (height, width):
+        valid = F.interpolate(valid, size=(height, width), mode="bilinear", align_corners=False)
+    return valid[0]
+
+
+def label_map_results(label: np.ndarray, image_id: int, categories: list[dict]) -> list[dict]:
+    """One COCO results record (RLE) per category present in an (H, W) label map."""
+    results = []
+    for index in np.unique(label):
+        if index == 0 or index > len(categories):
+            continue
+        rle = mask_utils.encode(np.asfortranarray(label == index, dtype=np.uint8))
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append({"image_id": image_id, "category_id": categories[index - 1]["id"],
+                        "segmentation": rle, "score": 1.0})  # fmt: skip
+    return results
+
+
+# ---- task -------------------------------------------------------------------------------------
+
+
+class SegmentTask(BaseTask):
+    """Backbone -> U-Net decoder -> per-pixel classifier over background + categories.
+
+    Args:
+        categories: COCO category records (id, name); linked from the data module.
+        image_size: long side images are resized to (kept for prediction).
+        decoder_channels: widths of the U-Net blocks, coarse to fine (5 = full resolution;
+            fewer end coarser and the logits are upsampled bilinearly).
+        dice_weight: weight of the Dice loss added to the cross-entropy (0: off).
+        class_weights: optional cross-entropy weight per class, background first.
+        (the rest: see :class:`BaseTask`)
+    """
+
+    task_name = "segment"
+    monitor = "val/miou"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        categories: list[dict[str, Any]] | None = None,
+        image_size: int = 320,
+        decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+        dice_weight: float = 0.0,
+        class_weights: tuple[float, ...] | None = None,
+        backbone: str = "resnet18",
+        backbone_weights: str = "none",
+        freeze_at: int = 0,
+        lr: float = 1e-3,
+        backbone_lr_mult: float = 1.0,
+        weight_decay: float = 5e-4,
+        warmup_epochs: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+        min_lr_ratio: float = 0.05,
+    ) -> None:
+        super().__init__(
+            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
+            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
+        )  # fmt: skip
+        if not categories:
+            raise ValueError("SegmentTask needs categories (linked from the data module)")
+        self.categories = categories
+        self.class_names = ["background", *(c["name"] for c in categories)]
+        self.num_classes = len(self.class_names)
+        if class_weights is not None and len(class_weights) != self.num_classes:
+            raise ValueError(f"class_weights needs {self.num_classes} values (background first), "
+                             f"got {len(class_weights)}")  # fmt: skip
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.head = SegmentHead(self.backbone.out_channels, self.num_classes,
+                                tuple(decoder_channels))  # fmt: skip
+        self.val_metric = SegmentationMetric(self.num_classes, IGNORE_INDEX)
+        self.test_metric = SegmentationMetric(self.num_classes, IGNORE_INDEX)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) normalised images, any H and W -> (B, num_classes, H, W) logits.
+
+        The input is zero-padded (the normalised mean colour) bottom/right to a multiple of the
+        network stride and the logits are cropped back to (H, W).
+        """
+        height, width = images.shape[-2:]
+        pad_h, pad_w = -height % NETWORK_STRIDE, -width % NETWORK_STRIDE
+        padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+        logits = self.head(self.backbone(padded))
+        if logits.shape[-2:] != padded.shape[-2:]:
+            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear",
+                                   align_corners=False)  # fmt: skip
+        return logits[..., :height, :width]
+
+    def compute_loss(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Cross-entropy (+ Dice) against the network-size ``mask``."""
+        return segmentation_loss(outputs, batch["mask"], self.class_weights,
+                                 self.hparams.dice_weight)  # fmt: skip
+
+    def update_metric(self, metric: SegmentationMetric, outputs: Tensor, batch: dict) -> None:
+        """Confusion matrix at the original resolution (``mask_original``)."""
+        for i in range(outputs.shape[0]):
+            height, width = (int(v) for v in batch["original_hw"][i])
+            logits = logits_to_original(outputs[i], batch["input_hw"][i], (height, width))
+            target = batch["mask_original"][i, :height, :width]
+            metric.update(logits.argmax(dim=0)[None], target[None])
+
+    def decode(self, outputs: Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per image: ``label_map`` (H0, W0) uint8 at the original size (0 background,
+        k + 1 category index k) and ``segments``, COCO results records with RLE masks."""
+        predictions = []
+        for i in range(outputs.shape[0]):
+            logits = logits_to_original(outputs[i], batch["input_hw"][i], batch["original_hw"][i])
+            label = logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+            image_id = int(batch["image_id"][i])
+            predictions.append({"image_id": image_id, "label_map": label,
+                                "segments": label_map_results(label, image_id, self.categories)})
+        return predictions  # fmt: skip
+
+    def draw_samples(self, outputs: Tensor, batch: dict[str, Any]) -> list:
+        """Image | truth | prediction side by side, at network size, with the image's IoU."""
+        images = ops.denormalize(batch["image"].detach().cpu()).permute(0, 2, 3, 1).numpy()
+        predicted = outputs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        truth = batch["mask"].cpu().numpy().astype(np.uint8)
+        samples = []
+        for i, image in enumerate(images):
+            h, w = (int(v) for v in batch["input_hw"][i])
+            pred, true, img = predicted[i, :h, :w], truth[i, :h, :w], image[:h, :w]
+            known = true != IGNORE_INDEX
+            accuracy = float((pred[known] == true[known]).mean()) if known.any() else float("nan")
+            gap = np.full((h, 4, 3), 255, np.uint8)
+            row = np.concatenate([img, gap, overlay(img, true), gap, overlay(img, pred)], axis=1)
+            caption = f"image {int(batch['image_id'][i])}: pixel acc {accuracy:.3f}"
+            samples.append((np.ascontiguousarray(row), caption, None))
+        return samples
+
+    def build_report(self, values: dict[str, Any], samples: list) -> Report:
+        """mIoU, pixel accuracy, FW-IoU; per-class table; confusion matrix; overlay grid."""
+        iou, accuracy = values["iou"].cpu().tolist(), values["accuracy"].cpu().tolist()
+        pixels = values["pixels"].cpu().tolist()
+        ids = [0, *(c["id"] for c in self.categories)]
+        table = [
+            {"index": k, "id": ids[k], "class": name, "iou": iou[k], "accuracy": accuracy[k],
+             "pixels": int(pixels[k])}
+            for k, name in enumerate(self.class_names)
+        ]  # fmt: skip
+        headline = {key: float(values[key]) for key in ("miou", "pixel_accuracy", "fw_iou")}
+        figures = [
+            Figure("confusion_matrix", "confusion_matrix", "Pixel confusion matrix",
+                   {"matrix": values["confusion"].cpu().numpy(), "names": self.class_names}),
+            Figure("predictions", "image_grid", "Image | truth | prediction",
+                   {"images": [s[0] for s in samples], "captions": [s[1] for s in samples],
+                    "ok": [s[2] for s in samples], "columns": 2}),
+        ]  # fmt: skip
+        metrics = {**headline, "pixels": int(sum(pixels))}
+        meta = {"ignore_index": IGNORE_INDEX, "scored_at": "original image resolution"}
+        return Report("segment", headline, metrics, {"per_class": table}, figures, meta)
+
+    # ---- tools/predict.py ------------------------------------------------------------------
+    def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
+        """Resize the long side to ``image_size`` and pad to a square (as in evaluation)."""
+        size = self.hparams.image_size
+        out = segment_transforms(size, size, train=False)(image=image)
+        return {"image": out["image"], "input_hw": input_size(image.shape[:2], size),
+                "original_hw": image.shape[:2]}  # fmt: skip
+
+    def write_predictions(
+        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        out_dir: Path,
+    ) -> list[Path]:  # fmt: skip
+        """Write ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.png``.
+
+        The label PNG holds 0 for background and k + 1 for category index k.
+        """
+        written = []
+        for prediction, image, name in zip(predictions, images, names):
+            stem = Path(name).stem
+            label = prediction["label_map"]
+            png = Image.fromarray(label)  # mode L; putpalette turns it into P
+            png.putpalette(PALETTE.ravel().tolist())
+            label_path = out_dir / f"{stem}_label.png"
+            overlay_path = out_dir / f"{stem}_overlay.png"
+            png.save(label_path)
+            cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay(image, label), cv2.COLOR_RGB2BGR))
+            written += [label_path, overlay_path]
+        return written
