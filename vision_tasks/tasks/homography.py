@@ -201,8 +201,9 @@ class HomographyHead(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden, 8),
         )
-        # Start at zero offsets: the identity baseline, not a random homography.
-        nn.init.zeros_(self.mlp[-1].weight)
+        # Start near zero offsets (the identity baseline, not a random homography); a weight of
+        # exactly zero would also zero the gradient reaching every layer before it.
+        nn.init.normal_(self.mlp[-1].weight, std=1e-3)
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, features: Tensor) -> Tensor:

@@ -174,12 +174,16 @@ def _dark_offsets(heatmaps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tenso
     hxy = (p[..., 2, 2] - p[..., 2, 0] - p[..., 0, 2] + p[..., 0, 0]) / 4
     det = hxx * hyy - hxy**2
     h, w = heatmaps.shape[-2:]
-    # A maximum (negative definite Hessian) away from the border, else no step.
-    ok = (det > 1e-12) & (hxx < 0) & (x > 0) & (x < w - 1) & (y > 0) & (y < h - 1)
-    safe = torch.where(ok, det, torch.ones_like(det))
-    dx, dy = -(hyy * gx - hxy * gy) / safe, -(hxx * gy - hxy * gx) / safe
-    offsets = torch.stack([dx, dy], dim=-1).clamp(-1, 1)
-    return torch.where(ok[..., None], offsets, torch.zeros_like(offsets))
+    # Per axis: a 1-D step where the neighbours exist and the curve is a maximum.
+    x_ok, y_ok = (x > 0) & (x < w - 1) & (hxx < 0), (y > 0) & (y < h - 1) & (hyy < 0)
+    dx = torch.where(x_ok, -gx / torch.where(x_ok, hxx, -1.0), 0.0)
+    dy = torch.where(y_ok, -gy / torch.where(y_ok, hyy, -1.0), 0.0)
+    # Both axes: the full Newton step where the Hessian is negative definite.
+    both = x_ok & y_ok & (det > 1e-12)
+    safe = torch.where(both, det, 1.0)
+    dx = torch.where(both, -(hyy * gx - hxy * gy) / safe, dx)
+    dy = torch.where(both, -(hxx * gy - hxy * gx) / safe, dy)
+    return torch.stack([dx, dy], dim=-1).clamp(-1, 1)
 
 
 def flip_heatmaps(heatmaps: Tensor, permutation: list[int]) -> Tensor:
