@@ -18,29 +18,37 @@ QUICK = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def trained_runs(tiny_coco, tmp_path_factory) -> dict:
-    """One short fit per task on the tiny dataset; returns {task: run folder}."""
-    import os
+class _TrainedRuns(dict):
+    """{task: run folder}, each task trained on first use (``-k detect`` trains only detect)."""
 
-    runs = {}
-    cwd = os.getcwd()
-    workdir = tmp_path_factory.mktemp("runs")
-    os.chdir(workdir)
-    try:
-        for task in TASKS:
-            data = [
-                "--data.train_json", str(tiny_coco.train_json),
-                "--data.train_images", str(tiny_coco.train_images),
-                "--data.val_json", str(tiny_coco.val_json),
-                "--data.val_images", str(tiny_coco.val_images),
-                "--data.num_workers", "0",
-            ]  # fmt: skip
-            cli = train_main(["--task", task, *data, *QUICK])
-            runs[task] = (workdir / cli.trainer.log_dir).resolve()
-    finally:
-        os.chdir(cwd)
-    return runs
+    def __init__(self, data: list[str], workdir) -> None:
+        super().__init__()
+        self.data, self.workdir = data, workdir
+
+    def __missing__(self, task: str):
+        import os
+
+        cwd = os.getcwd()
+        os.chdir(self.workdir)  # run folders go under runs/ of the current directory
+        try:
+            cli = train_main(["--task", task, *self.data, *QUICK])
+        finally:
+            os.chdir(cwd)
+        self[task] = (self.workdir / cli.trainer.log_dir).resolve()
+        return self[task]
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tiny_coco, tmp_path_factory) -> _TrainedRuns:
+    """One short fit per task on the tiny dataset, on demand; maps task -> run folder."""
+    data = [
+        "--data.train_json", str(tiny_coco.train_json),
+        "--data.train_images", str(tiny_coco.train_images),
+        "--data.val_json", str(tiny_coco.val_json),
+        "--data.val_images", str(tiny_coco.val_images),
+        "--data.num_workers", "0",
+    ]  # fmt: skip
+    return _TrainedRuns(data, tmp_path_factory.mktemp("runs"))
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -112,11 +112,15 @@ def train_main(argv: list[str] | None = None) -> VisionCLI | None:
             spec.model,
             spec.data,
             args=[subcommand, *_task_configs(task), *argv],
-            trainer_defaults={"default_root_dir": f"runs/{task}", "logger": loggers},
+            trainer_defaults={
+                "default_root_dir": f"runs/{task}",
+                "logger": loggers,
+                "plugins": [{"class_path": "vision_tasks.utils.AtomicCheckpointIO"}],
+            },
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
         )
-    except CocoDataError as error:
+    except (CocoDataError, FloatingPointError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

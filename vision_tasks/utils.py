@@ -1,12 +1,18 @@
-"""Small helpers shared across the package: atomic file writes."""
+"""Small helpers shared across the package: atomic file writes and checkpoints, RNG state."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -38,3 +44,39 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes to a temporary file and renames it into place.
+
+    Lightning's own save streams into the final path, so a kill during the write leaves a
+    truncated ``last.ckpt`` and the run cannot resume; a rename is all-or-nothing.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        """Serialise in memory, then write atomically."""
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The torch (CPU), NumPy and Python generator states, as checkpoint-safe plain values."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "python": [version, list(python_state), gauss],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))

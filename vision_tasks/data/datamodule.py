@@ -15,12 +15,31 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from vision_tasks.data.coco import CocoDataError, CocoIndex
 from vision_tasks.data.synthetic import synthetic_dataset
 
 log = logging.getLogger(__name__)
+
+
+def seed_augmentation(dataset: Dataset, seed: int) -> None:
+    """Seed a dataset's albumentations pipeline (its ``transform``), if it has one."""
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed % 2**32)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Lightning's per-worker seeding, then the augmentation's.
+
+    albumentations draws from its own generators, seeded from OS entropy unless told otherwise,
+    so ``seed_everything`` alone leaves augmentation (and so the metrics) unreproducible; and
+    every worker would otherwise share one copy of the same stream.
+    """
+    pl_worker_init_function(worker_id)
+    seed_augmentation(get_worker_info().dataset, torch.initial_seed())
 
 
 def default_num_workers() -> int:
@@ -163,11 +182,14 @@ class VisionDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         if "batch_sampler" not in kwargs:
             kwargs["batch_size"] = self.batch_size
+        if self.num_workers == 0:  # in-process: seed from the main generator seed_everything set
+            seed_augmentation(dataset, int(torch.randint(2**31, ()).item()))
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
             collate_fn=self.collate,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
             **kwargs,
         )

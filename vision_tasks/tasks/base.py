@@ -25,7 +25,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
 from vision_tasks.backbone import Backbone
+from vision_tasks.data.datamodule import seed_augmentation
 from vision_tasks.evaluation.report import Report, write_report
+from vision_tasks.utils import capture_rng_state, restore_rng_state
 
 Batch = dict[str, Any]
 
@@ -167,12 +169,33 @@ class BaseTask(L.LightningModule):
         return values
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record which task wrote the checkpoint, so evaluate/predict can refuse a wrong one."""
-        checkpoint["vision_tasks"] = {"task": self.task_name, "format": 1}
+        """Record the task (evaluate/predict refuse a wrong one) and the random state."""
+        checkpoint["vision_tasks"] = {"task": self.task_name, "format": 1,
+                                      "rng": capture_rng_state()}  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved random state for :meth:`on_train_start` (resuming)."""
+        self._resume_rng = checkpoint.get("vision_tasks", {}).get("rng")
+
+    def on_train_start(self) -> None:
+        """A resumed run continues the saved random streams, so it ends as an uninterrupted one.
+
+        Restored here rather than on load: the sanity-check validation in between draws from
+        the generators too, which the uninterrupted run did not do at this point.
+        """
+        if getattr(self, "_resume_rng", None) is not None:
+            restore_rng_state(self._resume_rng)
+            self._resume_rng = None
 
     # ---- optimisation -------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        """Keep the backbone frozen for the first ``freeze_backbone_epochs`` epochs."""
+        """Reseed in-process augmentation; keep the backbone frozen for the first epochs."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        in_process = datamodule is not None and datamodule.num_workers == 0
+        if in_process and "train" in datamodule.datasets:
+            # From the seeded torch generator, so the epoch's augmentation is reproducible and a
+            # resumed run (see on_train_start) draws the same as an uninterrupted one.
+            seed_augmentation(datamodule.datasets["train"], int(torch.randint(2**31, ()).item()))
         if self.hparams.freeze_backbone_epochs <= 0:
             return
         trainable = self.current_epoch >= self.hparams.freeze_backbone_epochs

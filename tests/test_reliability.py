@@ -1,0 +1,119 @@
+"""Runs that die or repeat: atomic checkpoints, SIGKILL + resume, NaN stop, same seed -> same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vision_tasks.cli import train_main
+from vision_tasks.tasks.classify import ClassifyTask
+from vision_tasks.utils import AtomicCheckpointIO
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def test_a_save_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "weights": torch.arange(1000.0)}, path)
+
+    def die(fd: int) -> None:  # the process "dies" after writing, before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", die)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "weights": torch.zeros(1000)}, path)
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == 1 and torch.equal(saved["weights"], torch.arange(1000.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def _headline(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "report" / "report.json").read_text())["headline"]
+
+
+def _train_in(workdir: Path, args: list[str]) -> Path:
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        cli = train_main(args)
+        return (workdir / cli.trainer.log_dir).resolve()
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("task, workers", [("classify", "1"), ("detect", "0")])
+def test_same_seed_gives_the_same_metrics(task, workers, data_args, tmp_path) -> None:
+    args = [
+        "--task", task, *data_args, "--data.num_workers", workers, "--data.batch_size", "4",
+        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", *QUIET,
+    ]  # fmt: skip
+    runs = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        (tmp_path / name).mkdir()
+        runs.append(_train_in(tmp_path / name, [*args, "--seed_everything", seed]))
+    losses = [(run / "metrics.csv").read_text() for run in runs]
+    assert _headline(runs[0]) == _headline(runs[1]) and losses[0] == losses[1]
+    assert losses[0] != losses[2]  # the seed does reach initialisation and augmentation
+
+
+def _command(data_args: list[str], *extra: str) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "tools" / "train.py"), "--task", "classify", *data_args,
+        "--data.batch_size", "2", "--trainer.max_epochs", "6", *QUIET, *extra,
+    ]  # fmt: skip
+
+
+def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(data_args, tmp_path):
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    subprocess.run(_command(data_args), cwd=tmp_path / "whole", check=True, capture_output=True)
+    [whole] = (tmp_path / "whole" / "runs" / "classify").iterdir()
+
+    run = subprocess.Popen(_command(data_args), cwd=tmp_path / "killed",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    checkpoints = tmp_path / "killed" / "runs" / "classify"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL
+    [killed] = checkpoints.iterdir()
+    assert not (killed / "report").exists(), "the run ended before the kill: nothing was tested"
+    interrupted_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    assert interrupted_at < 5
+
+    subprocess.run(_command(data_args, "--ckpt_path", "last"), cwd=tmp_path / "killed",
+                   check=True, capture_output=True)  # fmt: skip
+    assert _headline(killed) == pytest.approx(_headline(whole), abs=1e-6)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    data_args, tmp_path, monkeypatch
+) -> None:
+    original, calls = ClassifyTask.compute_loss, []
+
+    def poisoned(self, outputs, batch):
+        losses = original(self, outputs, batch)
+        calls.append(self.current_epoch)
+        if self.training and self.current_epoch == 1:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(ClassifyTask, "compute_loss", poisoned)
+    args = ["--task", "classify", *data_args, "--trainer.max_epochs", "3", *QUIET]
+    with pytest.raises(SystemExit, match=r"train loss is nan at epoch 1.*last good checkpoint"):
+        _train_in(tmp_path, args)
+    [last] = (tmp_path / "runs" / "classify").glob("*/checkpoints/last.ckpt")
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())

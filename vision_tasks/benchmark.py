@@ -1,0 +1,337 @@
+"""Speed, memory and learning-quality measurements per task (``tools/benchmark.py``).
+
+Speed: one real batch from the task's own data pipeline (synthetic default), then timed
+repetitions after warm-up of (a) a training step (forward, loss, backward, optimiser step),
+(b) inference at batch 1 (forward + the task's decode/post-processing) and (c) inference at
+batch 16, each also for the bare backbone on the same input, so the share of time spent outside
+the backbone (neck, head, loss, post-processing) is stated. Every figure is a median with its
+spread (min/max) over the repetitions. ``--task all`` runs each task in its own process so the
+peak resident memory is the task's own.
+
+Quality (``--quality``): runs ``tools/train.py --task NAME`` with its budgeted default config on
+the synthetic default, records the wall time and the headline metric of the run's report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from vision_tasks.utils import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+DEFAULT_OUTPUT = ROOT / "benchmarks" / "results.json"
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
+    """Median / min / max wall time in milliseconds of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a Conv2d into it, for inference.
+
+    Relies on registration order (conv registered right before its BN), which holds for
+    torchvision's ResNet blocks and ``ConvBNAct``; :func:`speed` checks the fused outputs
+    against the unfused ones, so a module where the order lies is caught, not trusted.
+    """
+    fused = copy.deepcopy(model).eval()
+    for parent in fused.modules():
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = parent._modules[first], parent._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                parent._modules[first] = nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+                parent._modules[second] = nn.Identity()
+    return fused
+
+
+def _task_config(task: str) -> dict[str, Any]:
+    config = yaml.safe_load((CONFIG_DIR / f"{task}.yaml").read_text()) or {}
+    return {"model": config.get("model") or {}, "data": config.get("data") or {}}
+
+
+def build(task: str, image_size: int | None, batch_size: int, split: str = "train"):
+    """Task model (random init) and one real batch of its data pipeline at ``image_size``."""
+    from vision_tasks.tasks import TASKS
+
+    spec, config = TASKS[task], _task_config(task)
+    data_args = {**config["data"], "batch_size": batch_size, "num_workers": 0}
+    if image_size is not None:
+        data_args["image_size"] = image_size
+    data = spec.data(**data_args)
+    data.setup("fit")
+    loader = data.train_dataloader() if split == "train" else data.val_dataloader()
+    batch = _full_batch(loader, batch_size)
+    model_args = {**config["model"], "backbone_weights": "none"}
+    model = spec.model(**model_args, categories=data.categories, image_size=data.image_size)
+    return model, batch
+
+
+def _full_batch(loader, batch_size: int) -> dict[str, Any]:
+    # A P x K sampler or a small split can give smaller batches: take the first full one.
+    for batch in loader:
+        if batch["image"].shape[0] == batch_size:
+            return batch
+    raise RuntimeError(f"the loader gives no batch of {batch_size}")
+
+
+def _loss_of_features(features: dict[str, Tensor]) -> Tensor:
+    return sum(f.float().mean() for f in features.values())
+
+
+def speed(
+    task: str,
+    image_size: int | None = None,
+    repeats: int = 5,
+    warmup: int = 2,
+    channels_last: bool = False,
+    fuse: bool = False,
+) -> dict[str, Any]:
+    """Training step, batch-1 latency and batch-16 throughput of a task and of its backbone."""
+    torch.manual_seed(0)
+    model, batch = build(task, image_size, batch_size=16)
+    images = batch["image"]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    images = images.contiguous(memory_format=memory_format)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step(forward_loss: Callable[[], Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            forward_loss().backward()
+            optimizer.step()
+
+        return step
+
+    model.train()
+    full_train = timed(
+        train_step(lambda: model.compute_loss(model(images), batch)["loss"]), repeats, warmup
+    )
+    backbone_train = timed(
+        train_step(lambda: _loss_of_features(model.backbone(images))), repeats, warmup
+    )
+    model.eval()
+    inference_model = fuse_conv_bn(model) if fuse else model
+    result = {
+        "task": task,
+        "input": list(images.shape[1:]),
+        "channels_last": channels_last,
+        "fused_conv_bn": fuse,
+        "train": _with_share(full_train, backbone_train, images.shape[0]),
+    }
+    with torch.inference_mode():
+        if fuse:
+            result["fusion_max_abs_diff"] = _max_abs_diff(model(images), inference_model(images))
+        for name, size in (("latency_b1", 1), ("throughput_b16", 16)):
+            sub = _slice_batch(batch, size, memory_format)
+            full = timed(partial(_predict, inference_model, sub), repeats, warmup)
+            bare = timed(partial(inference_model.backbone, sub["image"]), repeats, warmup)
+            result[name] = _with_share(full, bare, size)
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def _predict(model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """What ``tools/predict.py`` runs per batch: forward + the task's post-processing."""
+    return model.decode(model(batch["image"]), batch)
+
+
+def _with_share(full: dict[str, float], backbone: dict[str, float], images: int) -> dict:
+    outside = full["median_ms"] - backbone["median_ms"]
+    return {
+        **full,
+        "images_per_s": images * 1000 / full["median_ms"],
+        "backbone_median_ms": backbone["median_ms"],
+        # Both ways of stating it: of the whole step, and relative to the backbone's own time.
+        "outside_backbone_share": outside / full["median_ms"],
+        "outside_vs_backbone": outside / backbone["median_ms"],
+    }
+
+
+def _slice_batch(batch: dict[str, Any], size: int, memory_format) -> dict[str, Any]:
+    sliced = {k: v[:size] if isinstance(v, (Tensor, list)) else v for k, v in batch.items()}
+    sliced["image"] = sliced["image"].contiguous(memory_format=memory_format)
+    return sliced
+
+
+def _max_abs_diff(a: Any, b: Any) -> float:
+    if isinstance(a, Tensor):
+        return (a.float() - b.float()).abs().max().item()
+    if isinstance(a, dict):
+        return max((_max_abs_diff(a[k], b[k]) for k in a if a[k] is not None), default=0.0)
+    if isinstance(a, (list, tuple)):
+        return max((_max_abs_diff(x, y) for x, y in zip(a, b)), default=0.0)
+    return 0.0
+
+
+def quality(task: str, extra_args: list[str]) -> dict[str, Any]:
+    """Train the task's budgeted default on the synthetic default; wall time and headline."""
+    command = [sys.executable, str(ROOT / "tools" / "train.py"), "--task", task, *extra_args]
+    start = time.perf_counter()
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if run.returncode != 0:
+        return {"task": task, "error": run.stderr[-2000:], "wall_s": wall}
+    match = re.search(r"report:\s+(\S+)/report\.md", run.stdout)
+    report = json.loads((Path(match.group(1)) / "report.json").read_text()) if match else {}
+    return {
+        "task": task,
+        "command": " ".join(command[1:]),
+        "wall_s": wall,
+        "headline": report.get("headline"),
+        "report": match.group(1) if match else None,
+    }
+
+
+def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
+    """A plain-text table of the speed results, with changes against ``baseline``."""
+    old = {r["task"]: r for r in (baseline or {}).get("speed", [])}
+    lines = [
+        f"{'task':<11}{'input':<14}{'train img/s':>12}{'b1 ms':>9}{'b16 img/s':>10}"
+        f"{'out/step':>9}{'out/b1':>8}{'RSS MiB':>9}"
+    ]
+    for r in results:
+        train, b1 = r.get("train"), r.get("latency_b1")
+        if "error" in r:
+            lines.append(f"{r['task']:<11}error: {r['error']}")
+            continue
+        row = (
+            f"{r['task']:<11}{'x'.join(map(str, r['input'])):<14}"
+            f"{train['images_per_s']:>12.1f}{b1['median_ms']:>9.1f}"
+            f"{r['throughput_b16']['images_per_s']:>10.1f}"
+            f"{train['outside_backbone_share']:>9.0%}"
+            f"{b1['outside_backbone_share']:>8.0%}{r['peak_rss_mib']:>9.0f}"
+        )
+        if r["task"] in old and "train" in old[r["task"]]:
+            before = old[r["task"]]
+            train_change = _change(before["train"]["images_per_s"], train["images_per_s"])
+            b1_change = _change(before["latency_b1"]["median_ms"], b1["median_ms"])
+            row += f"   (train img/s {train_change}, b1 ms {b1_change})"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _change(before: float, after: float) -> str:
+    return f"{(after - before) / before:+.0%}"
+
+
+def environment() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``tools/benchmark.py`` entry point."""
+    from vision_tasks.tasks import TASKS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, choices=[*TASKS, "all"])
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="network input size (default: the task config's)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--fuse", action="store_true", help="fold BatchNorm into convs for inference"
+    )
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="also train each task's budgeted default and record its headline",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--baseline", type=Path, default=None, help="an earlier JSON to compare")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    options = {
+        "image_size": args.image_size,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "channels_last": args.channels_last,
+        "fuse": args.fuse,
+    }
+    if args.worker:  # one task in this process: print its JSON for the parent
+        print(json.dumps(speed(tasks[0], **options)))
+        return
+    results = [_speed_in_subprocess(task, argv_of(args, task)) for task in tasks]
+    payload = {"environment": environment(), "options": options, "speed": results}
+    if args.quality:
+        payload["quality"] = [quality(task, []) for task in tasks]
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    print(format_table(results, baseline))
+    for q in payload.get("quality", []):
+        print(f"quality {q['task']}: {q.get('headline')} in {q['wall_s']:.0f} s")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output, json.dumps(payload, indent=2))
+    print(f"written: {args.output}")
+
+
+def argv_of(args: argparse.Namespace, task: str) -> list[str]:
+    """The worker command line for one task."""
+    argv = [
+        "--task",
+        task,
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--worker",
+    ]
+    if args.image_size is not None:
+        argv += ["--image-size", str(args.image_size)]
+    argv += ["--channels-last"] * args.channels_last + ["--fuse"] * args.fuse
+    return argv
+
+
+def _speed_in_subprocess(task: str, argv: list[str]) -> dict[str, Any]:
+    command = [sys.executable, str(ROOT / "tools" / "benchmark.py"), *argv]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if run.returncode != 0:
+        return {"task": task, "error": (run.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(run.stdout.strip().splitlines()[-1])
