@@ -159,15 +159,37 @@ class CocoBoxMetric(Metric):
         """COCOeval bbox over everything collected."""
         if self.index is None:
             raise RuntimeError("CocoBoxMetric.index must be set to the split's CocoIndex")
-        image_ids = sorted(set(dim_zero_cat(self.image_ids).tolist())) if self.image_ids else []
+        # A list of batches here; one tensor after torchmetrics gathered it across processes.
+        image_ids = sorted(set(_gathered(self.image_ids).tolist()))
         records = []
-        if self.det_scores:
-            boxes = dim_zero_cat(self.det_boxes).reshape(-1, 4)
-            predictions = [{"image_id": 0, "bbox": boxes, "score": dim_zero_cat(self.det_scores),
-                            "category_id": dim_zero_cat(self.det_categories)}]  # fmt: skip
+        scores = _gathered(self.det_scores)
+        if len(scores):
+            boxes = _gathered(self.det_boxes).reshape(-1, 4)
+            predictions = [{"image_id": 0, "bbox": boxes, "score": scores,
+                            "category_id": _gathered(self.det_categories)}]  # fmt: skip
             records = results_from_predictions(predictions)
-            for record, image_id in zip(records, dim_zero_cat(self.det_image_ids).tolist()):
+            for record, image_id in zip(records, _gathered(self.det_image_ids).tolist()):
                 record["image_id"] = image_id
+            records = _unique_records(records)
         result = coco_evaluate(self.index, records, "bbox", image_ids=image_ids)
         return {**result.stats, "result": result, "images": len(image_ids),
                 "detections": len(records)}  # fmt: skip
+
+
+def _unique_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop exact repeats: a DistributedSampler pads a split by evaluating some images twice."""
+    seen: set[tuple] = set()
+    unique = []
+    for record in records:
+        key = (record["image_id"], record["category_id"], record["score"], *record["bbox"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(record)
+    return unique
+
+
+def _gathered(state: list[Tensor] | Tensor) -> Tensor:
+    """A ``cat`` metric state as one tensor, whether still per batch or already synced."""
+    if isinstance(state, Tensor):
+        return state
+    return dim_zero_cat(state) if state else torch.zeros(0)

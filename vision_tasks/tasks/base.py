@@ -165,7 +165,8 @@ class BaseTask(L.LightningModule):
             for k, v in values.items()
             if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)
         }
-        self.log_dict(scalars, prog_bar=stage == "val")
+        # Already global (torchmetrics gathered the states): the sync only averages equal values.
+        self.log_dict(scalars, prog_bar=stage == "val", sync_dist=True)
         return values
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -271,9 +272,10 @@ class ReportWriter(Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: BaseTask) -> None:
         """Write the report on rank zero, into ``pl_module.report_dir`` or the run folder."""
         report = getattr(pl_module, "test_report", None)
+        # trainer.log_dir is a collective under DDP: every rank asks, only rank zero writes.
+        out_dir = pl_module.report_dir or _default_report_dir(trainer)
         if report is None or not trainer.is_global_zero:
             return
-        out_dir = pl_module.report_dir or _default_report_dir(trainer)
         pl_module.report_dir = str(write_report(report, out_dir))
 
 
