@@ -9,46 +9,6 @@ import pytest
 from vision_tasks.cli import evaluate_main, load_task_checkpoint, train_main
 from vision_tasks.tasks import TASKS
 
-QUICK = [
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--data.batch_size", "4",
-]  # fmt: skip
-
-
-class _TrainedRuns(dict):
-    """{task: run folder}, each task trained on first use (``-k detect`` trains only detect)."""
-
-    def __init__(self, data: list[str], workdir) -> None:
-        super().__init__()
-        self.data, self.workdir = data, workdir
-
-    def __missing__(self, task: str):
-        import os
-
-        cwd = os.getcwd()
-        os.chdir(self.workdir)  # run folders go under runs/ of the current directory
-        try:
-            cli = train_main(["--task", task, *self.data, *QUICK])
-        finally:
-            os.chdir(cwd)
-        self[task] = (self.workdir / cli.trainer.log_dir).resolve()
-        return self[task]
-
-
-@pytest.fixture(scope="module")
-def trained_runs(tiny_coco, tmp_path_factory) -> _TrainedRuns:
-    """One short fit per task on the tiny dataset, on demand; maps task -> run folder."""
-    data = [
-        "--data.train_json", str(tiny_coco.train_json),
-        "--data.train_images", str(tiny_coco.train_images),
-        "--data.val_json", str(tiny_coco.val_json),
-        "--data.val_images", str(tiny_coco.val_images),
-        "--data.num_workers", "0",
-    ]  # fmt: skip
-    return _TrainedRuns(data, tmp_path_factory.mktemp("runs"))
 
 
 @pytest.mark.parametrize("task", list(TASKS))

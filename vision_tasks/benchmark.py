@@ -97,12 +97,38 @@ def build(task: str, image_size: int | None, batch_size: int, split: str = "trai
     return model, batch
 
 
+def loader_speed(task: str, workers: tuple[int, ...] = (0, 1, 2), batches: int = 8) -> dict:
+    """Training-loader images/s (decode + augmentation + collate) per ``num_workers``.
+
+    Persistent workers, pinned memory off (CPU); the first batch (worker start-up) is untimed.
+    """
+    from vision_tasks.tasks import TASKS
+
+    config, result = _task_config(task), {}
+    for count in workers:
+        data = TASKS[task].data(**{**config["data"], "num_workers": count})
+        data.setup("fit")
+        iterator = iter(data.train_dataloader())
+        next(iterator)
+        start, images = time.perf_counter(), 0
+        for _ in range(batches):
+            images += next(iterator)["image"].shape[0]
+        result[f"workers_{count}"] = images / (time.perf_counter() - start)
+    return result
+
+
 def _full_batch(loader, batch_size: int) -> dict[str, Any]:
-    # A P x K sampler or a small split can give smaller batches: take the first full one.
+    # A P x K sampler or a small split can give other sizes: the first batch of at least
+    # ``batch_size``, else the largest there is.
+    largest = None
     for batch in loader:
-        if batch["image"].shape[0] == batch_size:
+        if batch["image"].shape[0] >= batch_size:
             return batch
-    raise RuntimeError(f"the loader gives no batch of {batch_size}")
+        if largest is None or batch["image"].shape[0] > largest["image"].shape[0]:
+            largest = batch
+    if largest is None:
+        raise RuntimeError("the training loader is empty")
+    return largest
 
 
 def _loss_of_features(features: dict[str, Tensor]) -> Tensor:
@@ -159,6 +185,7 @@ def speed(
             bare = timed(partial(inference_model.backbone, sub["image"]), repeats, warmup)
             result[name] = _with_share(full, bare, size)
     result["peak_rss_mib"] = peak_rss_mib()
+    result["loader_images_per_s"] = loader_speed(task)
     return result
 
 

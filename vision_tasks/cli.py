@@ -217,8 +217,19 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--task", choices=sorted(TASKS), help="check the checkpoint's task")
     parser.add_argument("--output", type=Path, default=Path("predictions"))
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                        help="onnx: run the graph written by tools/export.py with onnxruntime")
+    parser.add_argument("--onnx", type=Path, help="the .onnx file (default: beside --ckpt)")
     args = parser.parse_args(argv)
     model = load_task_checkpoint(args.ckpt, args.task)
+    network = model
+    if args.engine == "onnx":
+        from vision_tasks.export import OnnxRunner
+
+        onnx_path = args.onnx or args.ckpt.with_suffix(".onnx")
+        if not onnx_path.is_file():
+            raise SystemExit(f"{onnx_path} not found: run tools/export.py --ckpt {args.ckpt} first")
+        network = OnnxRunner(onnx_path)
     files = _image_files(args.inputs)
     args.output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -234,7 +245,7 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
             sample["image_id"] = start + offset + 1  # 1-based, in file order (see files.json)
         batch = collate_predict(samples)
         with torch.inference_mode():
-            predictions = model.decode(model(batch["image"]), batch)
+            predictions = model.decode(network(batch["image"]), batch)
         written += model.write_predictions(predictions, images, [p.name for p in chunk],
                                            args.output)  # fmt: skip
         records += model.to_results(predictions)

@@ -9,8 +9,10 @@ Two ways to read COCO data as classification samples:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -261,3 +263,25 @@ class ClassifyTask(BaseTask):
         metrics = {**headline, "samples": int(confusion.sum())}
         return Report("classify", headline, metrics, {"per_class": table}, figures)
 
+    # ---- tools/predict.py --------------------------------------------------------------------
+    def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
+        """The whole image, letterboxed to ``image_size`` as in evaluation of image mode."""
+        size = self.hparams.image_size
+        transform = classify_transforms(size, train=False, already_cropped=False)
+        return {"image": transform(image=image)["image"]}
+
+    def write_predictions(
+        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        out_dir: Path,
+    ) -> list[Path]:  # fmt: skip
+        """``<stem>_pred.jpg``: the image with its top class and score written on it."""
+        name_of = {c["id"]: c["name"] for c in self.categories}
+        written = []
+        for prediction, image, name in zip(predictions, images, names):
+            text = f"{name_of[prediction['category_id']]} {prediction['score']:.2f}"
+            drawn = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            cv2.putText(drawn, text, (4, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
+            path = out_dir / f"{Path(name).stem}_pred.jpg"
+            cv2.imwrite(str(path), drawn)
+            written.append(path)
+        return written

@@ -422,9 +422,10 @@ class DetectTask(BaseTask):
         category_ids = torch.tensor([c["id"] for c in self.categories])
         predictions = []
         for i, (boxes, scores, labels) in enumerate(detections):
-            pad_x, pad_y = batch["pad"][i].tolist()
+            # Tensors from the training collate, tuples from tools/predict.py: read as numbers.
+            pad_x, pad_y = (float(v) for v in batch["pad"][i])
             boxes = ops.unletterbox_boxes(boxes.double(), float(batch["scale"][i]), pad_x, pad_y)
-            height, width = batch["orig_size"][i].tolist()
+            height, width = (int(v) for v in batch["orig_size"][i])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
             predictions.append({
