@@ -147,7 +147,7 @@ class ReidMetric(Metric):
 
     def compute(self) -> dict[str, Any]:
         """CMC, mAP, counts and retrieval examples (see the class docstring)."""
-        if not self.keys:
+        if len(self.keys) == 0:  # a list per batch, or one tensor once synced across processes
             return self._result(torch.zeros(self.max_rank), torch.zeros(0), 0, 0, 0, {})
         # Ranking on the CPU: a large gallery's (chunk, G) matrices stay off the GPU.
         keys = dim_zero_cat(self.keys).cpu()
@@ -321,7 +321,7 @@ class KeypointMetric(Metric):
 
     def compute(self) -> dict[str, Any]:
         """PCK over the collected instances; COCOeval keypoint stats when ``index`` is set."""
-        if not self.sample_ids:
+        if len(self.sample_ids) == 0:  # a list per batch, or one tensor once synced
             return {"instances": 0, "PCK": float("nan"), "records": []}
         ids = dim_zero_cat(self.sample_ids).cpu().numpy()
         _, keep = np.unique(ids, return_index=True)
