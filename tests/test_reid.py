@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from collections import Counter
@@ -12,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import BatchSampler, DataLoader
 
 from vision_tasks.data.coco import CocoDataError, CocoIndex
 from vision_tasks.data.convert import convert
@@ -20,10 +22,13 @@ from vision_tasks.tasks.reid import (
     PKBatchSampler,
     ReidData,
     ReidDataset,
+    ReidHead,
     ReidTask,
     batch_hard_triplet_loss,
     hardest_pairs,
 )
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 # ---- batch-hard triplet loss: 4 identities x 2 embeddings on a line ---------------------------
 # x = 0, 1 | 3, 7 | 10, 10.5 | 20, 24. Farthest positive / nearest negative of each anchor:
@@ -60,14 +65,16 @@ def test_batch_hard_triplet_loss_equals_the_hand_computed_value() -> None:
 
 
 def test_triplet_loss_skips_anchors_without_positive_and_pulls_pairs_together() -> None:
-    features = _line([0.0, 1.0, 3.0, 50.0])  # the last one's identity occurs once
+    features = _line([0.0, 2.0, 3.0, 50.0])  # identities 1 and 2 occur once: no positive
     loss = batch_hard_triplet_loss(features, torch.tensor([0, 0, 1, 2]), margin=0.3)
-    # Anchors 0, 1 have positives: a0: 1 - 3 + .3 < 0; a1: 1 - 2 + .3 = 0.3 -> mean 0.15.
-    assert loss.item() == pytest.approx(0.15)
+    # Only anchors 0, 1 count: a0: 2 - 3 + .3 < 0 -> 0; a1: d_ap 2 (to x=0) - d_an 1 (to x=3)
+    # + .3 = 1.3 -> mean over 2 anchors 0.65 (0.325 if anchors 2, 3 were averaged in).
+    assert loss.item() == pytest.approx(0.65)
     loss.backward()
-    # a1 is pulled towards a0 (+x gradient on a0, -x on a1) and pushed away from 3.
-    assert features.grad[0, 0] > 0 > features.grad[1, 0]
-    assert features.grad[3].abs().sum() == 0
+    # d/dx of (x1 - x0) - (x2 - x1), halved: gradient descent pulls a0 and a1 together and
+    # pushes the negative x=3 away; x=50 is in no violated triplet.
+    assert features.grad[:, 0].tolist() == pytest.approx([-0.5, 1.0, -0.5, 0.0])
+    assert features.grad[:, 1].abs().sum() == 0
 
 
 # ---- CMC / mAP: hand-made distance matrix ----------------------------------------------------
@@ -197,6 +204,23 @@ def test_pk_sampler_is_deterministic_per_epoch_and_shards_ranks_evenly() -> None
     assert interleaved == first[: len(interleaved)]
 
 
+def test_lightning_ddp_rebuilds_the_sampler_as_the_rank_shard() -> None:
+    # What Lightning does under DDP (private helpers, the very code path): it records the batch
+    # sampler's init args, then rebuilds it with a DistributedSampler of the rank as `sampler`.
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    ids = [i // 6 for i in range(120)]
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = DataLoader(range(120), batch_sampler=PKBatchSampler(None, ids, 4, 4, seed=3))
+    single = list(PKBatchSampler(None, ids, 4, 4, seed=3))
+    for rank in (0, 1):
+        shard = torch.utils.data.DistributedSampler(range(120), 2, rank, shuffle=True)
+        rebuilt = _update_dataloader(loader, shard).batch_sampler
+        assert isinstance(rebuilt, PKBatchSampler) and len(rebuilt) == 3
+        assert list(rebuilt) == single[rank::2][:3]
+
+
 def test_pk_sampler_refuses_data_without_two_repeated_identities() -> None:
     with pytest.raises(CocoDataError, match="2 or more identities with 2 or more samples"):
         PKBatchSampler(None, [1, 1, 2, 3], num_identities=2, num_instances=2)
@@ -280,8 +304,9 @@ def test_market1501_converter_keeps_identities_cameras_and_junk(tmp_path) -> Non
                               "-1_c4s2_000201_01.jpg"],
     })  # fmt: skip
     train = json.loads(convert("market1501", root, tmp_path / "train.json").read_text())
-    assert [(a["track_id"], i["camera_id"], i["split"]) for a, i in
-            zip(train["annotations"], train["images"])] == [(2, 1, "train"), (2, 3, "train")]  # fmt: skip
+    found = [(a["track_id"], i["camera_id"], i["split"])
+             for a, i in zip(train["annotations"], train["images"])]  # fmt: skip
+    assert found == [(2, 1, "train"), (2, 3, "train")]
     assert train["annotations"][0]["bbox"] == [0, 0, 8, 16]
     out = convert("market1501", root, tmp_path / "test.json", {"split": "test"})
     dataset = ReidDataset(CocoIndex(out, root), 32, train=False)
@@ -300,23 +325,55 @@ def test_market1501_converter_names_bad_file_names(tmp_path) -> None:
         convert("market1501", root, tmp_path / "out.json", {"split": "test"})
 
 
+def test_convert_tool_writes_the_json_and_reports_bad_input_in_one_line(tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("convert_tool", TOOLS / "convert.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    names = ["0002_c1s1_000451_03.jpg", "0005_c2s1_000451_01.jpg"]
+    root = _market(tmp_path / "m", {"bounding_box_train": names})
+    out = tool.main(["market1501", str(root), "--output", str(tmp_path / "train.json")])
+    assert [a["track_id"] for a in json.loads(out.read_text())["annotations"]] == [2, 5]
+    test_args = ["market1501", str(root), "--split", "test", "--output", str(tmp_path / "t.json")]
+    with pytest.raises(SystemExit, match="^error: .*no folder 'query'"):
+        tool.main(test_args)
+
+
 # ---- model --------------------------------------------------------------------------------------
 
 CATEGORIES = [{"id": 1, "name": "person"}]
 
 
-@pytest.mark.parametrize("pooling, last_stride", [("gem", 1), ("avg", 2)])
-def test_model_outputs_unit_embeddings_and_learns_on_one_batch(pooling, last_stride) -> None:
+@pytest.mark.parametrize("pooling", ["avg", "gem"])
+def test_head_pools_c5_by_average_or_gem_before_the_bnneck(pooling) -> None:
+    c5 = torch.rand(3, 8, 4, 2) + 0.1
+    features, bn_features = ReidHead(8, pooling=pooling)(c5)
+    power = 1.0 if pooling == "avg" else 3.0  # GeM starts at p = 3
+    expected = c5.pow(power).mean(dim=(2, 3)).pow(1 / power)
+    assert features.detach().numpy() == pytest.approx(expected.numpy(), rel=1e-5)
+    # BNNeck in training mode: each channel standardised over the batch, no shift
+    standardised = (expected - expected.mean(0)) / expected.var(0, unbiased=False).add(1e-5).sqrt()
+    assert bn_features.detach().numpy() == pytest.approx(standardised.numpy(), abs=1e-4)
+
+
+@torch.no_grad()
+def test_last_stride_one_keeps_c5_at_stride_16() -> None:
+    images = torch.randn(1, 3, 64, 32)
+    for last_stride, size in ((2, (2, 1)), (1, (4, 2))):
+        model = ReidTask(CATEGORIES, image_size=64, last_stride=last_stride).eval()
+        assert tuple(model.backbone(images)["c5"].shape[-2:]) == size
+        assert model(images)["embedding"].shape == (1, 512)
+
+
+def test_model_outputs_unit_embeddings_and_learns_on_one_batch() -> None:
     torch.manual_seed(0)
-    model = ReidTask(CATEGORIES, image_size=32, num_identities=4, pooling=pooling,
-                     last_stride=last_stride, lr=1e-3)  # fmt: skip
+    model = ReidTask(CATEGORIES, image_size=32, num_identities=4, last_stride=1, lr=1e-3)
     identities = torch.arange(4).repeat_interleave(2)
     images = torch.randn(4, 3, 32, 16).repeat_interleave(2, dim=0)
     images = images + 0.3 * torch.randn_like(images)  # two noisy views per identity
     batch = {"image": images, "identity": identities + 10, "label": identities}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(5):
         outputs = model(batch["image"])
         loss = model.compute_loss(outputs, batch)
         optimizer.zero_grad()
@@ -324,7 +381,9 @@ def test_model_outputs_unit_embeddings_and_learns_on_one_batch(pooling, last_str
         optimizer.step()
         losses.append(loss["loss"].item())
     assert outputs["embedding"].shape == (8, 512) and outputs["logits"].shape == (8, 4)
-    assert outputs["embedding"].norm(dim=1) == pytest.approx(torch.ones(8), abs=1e-5)
+    norms = outputs["embedding"].detach().norm(dim=1)
+    assert norms.tolist() == pytest.approx([1.0] * 8, abs=1e-5)
+    assert set(loss) == {"loss", "triplet", "id"}
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -365,9 +424,15 @@ def test_test_run_reports_metrics_and_a_consistent_retrieval_grid(tiny_coco, tmp
                     val_json=str(index.json_path), val_images=str(tiny_coco.train_images),
                     image_size=32, batch_size=16, num_workers=0)  # fmt: skip
     model = ReidTask(data.categories, image_size=32)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path)  # fmt: skip
     trainer.test(model, datamodule=data, verbose=False)
     report = model.test_report
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert written["headline"] == pytest.approx(report.headline)
+    assert all((tmp_path / "report" / name).stat().st_size > 1000
+               for name in written["figures"].values())  # fmt: skip
+    assert set(written["figures"]) >= {"cmc", "retrieval"}
     assert report.metrics["num_valid_queries"] > 0
     assert set(report.headline) == {"rank1", "rank5", "rank10", "mAP"}
     assert report.metrics["num_queries"] + report.metrics["num_gallery"] == len(
