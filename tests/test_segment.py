@@ -198,6 +198,31 @@ def test_masks_are_never_interpolated_and_padding_is_ignored() -> None:
     assert (mask[:37, :23] == 1).all() and (mask[:37, 26:50] == 2).all()  # edge at 40*50/83
 
 
+def test_evaluation_pads_to_the_stride_and_collate_pads_a_batch_with_ignore(tiny_coco) -> None:
+    image = np.random.default_rng(0).integers(0, 255, (40, 83, 3), dtype=np.uint8)
+    label = np.ones((40, 83), np.uint8)
+    square = segment_transforms(50, 48, train=False)(image=image, mask=label)["mask"]
+    strided = segment_transforms(50, 48, train=False, square=False)(image=image, mask=label)
+    assert square.shape == (64, 64) and strided["mask"].shape == (32, 64)  # picture 24 x 50
+    assert (strided["mask"][:24, :50] == 1).all() and (strided["mask"][24:] == IGNORE_INDEX).all()
+    data = SegmentData(str(tiny_coco.train_json), str(tiny_coco.train_images),
+                       str(tiny_coco.val_json), str(tiny_coco.val_images), num_workers=0)
+    samples = [
+        {"image": torch.ones(3, h, w), "mask": torch.full((h, w), 2), "image_id": i,
+         "input_hw": torch.tensor([h, w]), "original_hw": torch.tensor([h + 1, w + 1]),
+         "mask_original": torch.full((h + 1, w + 1), 3)}
+        for i, (h, w) in enumerate([(32, 64), (64, 32)])
+    ]  # fmt: skip
+    batch = data.collate(samples)
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["mask"].shape == (2, 64, 64)
+    assert batch["mask_original"].shape == (2, 65, 65)
+    assert (batch["image"][0, :, 32:] == 0).all() and (batch["image"][0, :, :32] == 1).all()
+    assert (batch["mask"][1, :, 32:] == IGNORE_INDEX).all()
+    assert (batch["mask"][1, :, :32] == 2).all()
+    assert (batch["mask_original"][0, 33:] == IGNORE_INDEX).all()
+    assert (batch["mask_original"][0, :33, :65] == 3).all()
+
+
 def test_metric_is_scored_at_the_original_resolution() -> None:
     model = SegmentTask(categories=CATEGORIES)
     logits = torch.zeros(1, 4, 32, 32)

@@ -132,21 +132,26 @@ _MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
 def segment_transforms(
     size: int, crop_size: int, train: bool, scale_range: tuple[float, float] = (0.75, 1.25),
-    ignore_index: int = 255,
+    ignore_index: int = 255, square: bool = True,
 ) -> A.Compose:  # fmt: skip
     """Semantic segmentation: image + ``mask`` label map; masks only ever use nearest resampling.
 
     Both stages first resize the long side to ``size``. Training then rescales by a random
     factor in ``scale_range``, cuts a random ``crop_size`` square (padding: mean colour,
     ``ignore_index`` in the mask), flips and jitters colours. Evaluation pads bottom/right to a
-    square of ``size`` rounded up to 32, so every image of a batch has the same shape.
+    square of ``size`` rounded up to 32, so every image of a batch has the same shape, or with
+    ``square=False`` only each side up to a multiple of 32 (less padding to compute on; the
+    caller's collate then pads a batch to one shape).
     """
     nearest = cv2.INTER_NEAREST
     resize = A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA,
                               mask_interpolation=nearest)  # fmt: skip
     if not train:
         side = -(-size // 32) * 32
-        pad = A.PadIfNeeded(side, side, position="top_left", border_mode=cv2.BORDER_CONSTANT,
+        extent = {"min_height": side, "min_width": side} if square else {
+            "min_height": None, "min_width": None, "pad_height_divisor": 32,
+            "pad_width_divisor": 32}  # fmt: skip
+        pad = A.PadIfNeeded(**extent, position="top_left", border_mode=cv2.BORDER_CONSTANT,
                             fill=_MEAN_RGB, fill_mask=ignore_index)  # fmt: skip
         return A.Compose([resize, pad, *_finish()])
     low, high = scale_range

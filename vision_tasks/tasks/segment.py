@@ -113,8 +113,9 @@ class SegmentDataset(Dataset):
         self.index = index
         self.image_size = image_size
         self.train = train
+        # Evaluation pads each image only to the network stride: no compute spent on a square.
         self.transform = segment_transforms(image_size, crop_size, train, scale_range,
-                                            IGNORE_INDEX)  # fmt: skip
+                                            IGNORE_INDEX, square=False)  # fmt: skip
         self.image_ids = list(index.image_ids)
 
     def __len__(self) -> int:
@@ -200,13 +201,15 @@ class SegmentData(VisionDataModule):
         return SegmentDataset(index, self.image_size, self.crop_size, train, self.scale_range)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack; original-size masks (sizes differ between images) are padded with ignore."""
+        """Stack; evaluation images (sizes may differ) are padded bottom/right with 0 (the
+        normalised mean colour), their masks with ignore."""
         if "mask_original" not in samples[0]:
             return default_collate(samples)
-        originals = [s["mask_original"] for s in samples]
-        batch = default_collate([{k: v for k, v in s.items() if k != "mask_original"}
+        padded = {"image": 0.0, "mask": IGNORE_INDEX, "mask_original": IGNORE_INDEX}
+        batch = default_collate([{k: v for k, v in s.items() if k not in padded}
                                  for s in samples])  # fmt: skip
-        batch["mask_original"] = pad_stack(originals, IGNORE_INDEX)
+        for key, value in padded.items():
+            batch[key] = pad_stack([s[key] for s in samples], value)
         return batch
 
 
