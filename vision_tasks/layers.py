@@ -142,3 +142,27 @@ class GeneralizedMeanPool(nn.Module):
         """Pooled features (B, C)."""
         p = self.p.clamp(min=1.0)
         return x.clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+class HeatmapHead(nn.Module):
+    """Keypoint heatmaps: U-Net decoder c5 -> c4 -> c3 -> c2 (stride 4) -> 1x1 conv, one map each.
+
+    Shapes: ``forward(features)`` with the backbone's dict -> (B, K, H / 4, W / 4).
+    """
+
+    def __init__(
+        self, in_channels: dict[str, int], num_keypoints: int,
+        channels: tuple[int, int, int] = (128, 64, 64),
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if len(channels) != 3:
+            raise ValueError(f"head_channels needs 3 widths (c4, c3, c2), got {list(channels)}")
+        self.decoder = UNetDecoder(in_channels, tuple(channels))
+        self.out = nn.Conv2d(channels[-1], num_keypoints, 1)
+        # Near-zero start: the first steps learn where peaks are, not to undo random noise.
+        nn.init.normal_(self.out.weight, std=0.001)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        """Heatmaps (B, K, H / 4, W / 4)."""
+        return self.out(self.decoder(features))

@@ -2,7 +2,7 @@
 
 In reading order: keypoint metadata (flip pairs, OKS sigmas) -> heatmap encode / decode (pure
 functions) -> dataset view (an affine crop per annotated instance, or per detected box) -> data
-module -> head -> loss -> task.
+module -> loss -> task (its head is ``layers.HeatmapHead``).
 
 Pixel convention: inside this file pixel centres sit on integers, as in OpenCV's ``warpAffine``
 and albumentations; COCO puts them on half-integers, so coordinates move by half a pixel where
@@ -21,9 +21,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms.v2.functional import gaussian_blur
 from torchvision.utils import draw_keypoints
 
 from vision_tasks import ops
@@ -33,7 +32,7 @@ from vision_tasks.data.transforms import keypoint_transforms
 from vision_tasks.evaluation.coco_eval import COCO_PERSON_SIGMAS, KEYPOINT_STATS
 from vision_tasks.evaluation.metrics import PCK_CURVE_THRESHOLDS, KeypointMetric
 from vision_tasks.evaluation.report import Figure, Report
-from vision_tasks.layers import UNetDecoder
+from vision_tasks.layers import HeatmapHead
 from vision_tasks.tasks.base import BaseTask
 
 HEATMAP_STRIDE = 4
@@ -81,8 +80,9 @@ def keypoint_sigmas(category: dict[str, Any], sigmas: list[float] | None) -> np.
         raise CocoDataError(f"--model.oks_sigmas has {len(sigmas)} values but category "
                             f"{category['name']!r} has {count} keypoints")  # fmt: skip
     if sigmas is None and count != len(COCO_PERSON_SIGMAS):
-        raise CocoDataError(f"category {category['name']!r} has {count} keypoints, not COCO's 17: "
-                            f"give their OKS sigmas with --model.oks_sigmas (a list of {count})")  # fmt: skip
+        raise CocoDataError(f"category {category['name']!r} has {count} keypoints, not COCO's "
+                            f"17: give their OKS sigmas with --model.oks_sigmas (a list of "
+                            f"{count})")  # fmt: skip
     return np.asarray(COCO_PERSON_SIGMAS if sigmas is None else sigmas, dtype=np.float64)
 
 
@@ -124,8 +124,9 @@ def decode_heatmaps(
 
     Args:
         heatmaps: (B, K, h, w).
-        sigma: the targets' sigma in cells (DARK smooths with it).
-        refine: ``dark`` (Zhang et al. 2020), ``quarter`` (a quarter cell towards the higher
+        sigma: the targets' sigma in cells (sets DARK's fitting window).
+        refine: ``dark`` (the peak of a Gaussian fitted to the log heatmap, after Zhang et al.
+            2020; see :func:`_dark_offsets`), ``quarter`` (a quarter cell towards the higher
             neighbour, Newell et al. 2016) or ``none``.
         stride: crop pixels per cell.
 
@@ -149,40 +150,50 @@ def decode_heatmaps(
     return cells * stride + (stride - 1) / 2, scores
 
 
-def _patches(maps: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """3x3 neighbourhoods (B, K, 3, 3) of (B, K, h, w) maps around cells (x, y), edges replicated."""
+def _patches(
+    maps: Tensor, x: Tensor, y: Tensor, radius: int = 1, mode: str = "replicate"
+) -> Tensor:
+    """Neighbourhoods (B, K, n, n), n = 2 * radius + 1, of (B, K, h, w) maps around cells (x, y).
+
+    Outside the map: the edge replicated (``mode="replicate"``) or zeros (``"constant"``).
+    """
     b, k, h, w = maps.shape
-    padded = F.pad(maps.reshape(b * k, 1, h, w), (1, 1, 1, 1), mode="replicate").reshape(b, k, -1)
-    steps = torch.arange(3, device=maps.device)
-    index = (y[..., None, None] + steps[:, None]) * (w + 2) + x[..., None, None] + steps
-    return padded.gather(2, index.flatten(2)).reshape(b, k, 3, 3)
+    n = 2 * radius + 1
+    padded = F.pad(maps.reshape(b * k, 1, h, w), (radius,) * 4, mode=mode).reshape(b, k, -1)
+    steps = torch.arange(n, device=maps.device)
+    index = (y[..., None, None] + steps[:, None]) * (w + 2 * radius) + x[..., None, None] + steps
+    return padded.gather(2, index.flatten(2)).reshape(b, k, n, n)
 
 
 def _dark_offsets(heatmaps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tensor:
-    """DARK: one Newton step on the log of the smoothed heatmap, exact for a Gaussian peak."""
-    r = math.ceil(3 * sigma)
-    # Zero padding, as DARK: a reflected border would add a mirror peak beside an edge keypoint.
-    padded = F.pad(heatmaps, (r, r, r, r))
-    smooth = gaussian_blur(padded, [2 * r + 1, 2 * r + 1], [sigma, sigma])[..., r:-r, r:-r]
-    # Smoothing lowers the peaks; DARK rescales so each map keeps its maximum.
-    peak = heatmaps.amax(dim=(2, 3), keepdim=True)
-    smooth = smooth * peak / smooth.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12)
-    p = _patches(smooth.clamp(min=1e-10).log(), x, y)
-    gx, gy = (p[..., 1, 2] - p[..., 1, 0]) / 2, (p[..., 2, 1] - p[..., 0, 1]) / 2
-    hxx = p[..., 1, 2] - 2 * p[..., 1, 1] + p[..., 1, 0]
-    hyy = p[..., 2, 1] - 2 * p[..., 1, 1] + p[..., 0, 1]
-    hxy = (p[..., 2, 2] - p[..., 2, 0] - p[..., 0, 2] + p[..., 0, 0]) / 4
+    """DARK: the maximum of a quadratic fitted to the log heatmap around the arg-max (B, K, 2).
+
+    DARK (Zhang et al. 2020) takes a Newton step on the log of a blurred heatmap; its zero-padded
+    blur pulls a peak within ~3 sigma of the border by up to half a cell, and the step needs both
+    neighbours. Fitting ``log h ~ a + b.u + u' C u / 2`` by least squares over the cells within
+    1.5 sigma, weighted by ``h**2`` (Guo 2011: the weights undo the log's noise amplification),
+    is exact for a Gaussian peak wherever the border cuts it, and smooths noise as DARK's blur.
+    """
+    radius = max(1, math.ceil(1.5 * sigma))
+    window = _patches(heatmaps, x, y, radius, mode="constant")  # outside the map: weight 0
+    peak = window[..., radius, radius].clamp(min=1e-12)
+    values = (window / peak[..., None, None]).clamp(min=0).flatten(2)  # (B, K, n * n)
+    steps = torch.arange(-radius, radius + 1, dtype=heatmaps.dtype, device=heatmaps.device)
+    v, u = torch.meshgrid(steps, steps, indexing="ij")
+    u, v = u.flatten(), v.flatten()
+    design = torch.stack([torch.ones_like(u), u, v, u * u / 2, v * v / 2, u * v], dim=-1)
+    weights = values**2
+    normal = torch.einsum("ni,bkn,nj->bkij", design, weights, design)
+    normal = normal + 1e-6 * torch.eye(6, dtype=normal.dtype, device=normal.device)
+    rhs = torch.einsum("ni,bkn->bki", design, weights * values.clamp(min=1e-6).log())
+    coef, info = torch.linalg.solve_ex(normal, rhs)
+    gx, gy, hxx, hyy, hxy = coef.unbind(-1)[1:]
     det = hxx * hyy - hxy**2
-    h, w = heatmaps.shape[-2:]
-    # Per axis: a 1-D step where the neighbours exist and the curve is a maximum.
-    x_ok, y_ok = (x > 0) & (x < w - 1) & (hxx < 0), (y > 0) & (y < h - 1) & (hyy < 0)
-    dx = torch.where(x_ok, -gx / torch.where(x_ok, hxx, -1.0), 0.0)
-    dy = torch.where(y_ok, -gy / torch.where(y_ok, hyy, -1.0), 0.0)
-    # Both axes: the full Newton step where the Hessian is negative definite.
-    both = x_ok & y_ok & (det > 1e-12)
-    safe = torch.where(both, det, 1.0)
-    dx = torch.where(both, -(hyy * gx - hxy * gy) / safe, dx)
-    dy = torch.where(both, -(hxx * gy - hxy * gx) / safe, dy)
+    # A maximum needs a negative definite curvature; elsewhere no step (the arg-max stands).
+    ok = (info == 0) & (hxx < 0) & (det > 1e-12)
+    safe = torch.where(ok, det, 1.0)
+    dx = torch.where(ok, -(hyy * gx - hxy * gy) / safe, 0.0)
+    dy = torch.where(ok, -(hxx * gy - hxy * gx) / safe, 0.0)
     return torch.stack([dx, dy], dim=-1).clamp(-1, 1)
 
 
@@ -253,7 +264,8 @@ class KeypointDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = self.samples[i]
         image = self.index.load_image(sample["image_id"])
-        matrix = ops.box_affine(np.asarray(sample["box"]) - COCO_OFFSET, self.size, self.crop_margin)
+        box = np.asarray(sample["box"]) - COCO_OFFSET
+        matrix = ops.box_affine(box, self.size, self.crop_margin)
         keypoints = np.zeros((self.num_keypoints, 3), np.float32)
         if sample.get("keypoints") is not None:
             coco = np.asarray(sample["keypoints"], np.float64).reshape(-1, 3)
@@ -397,31 +409,7 @@ class KeypointData(VisionDataModule):
                                category["flip_pairs"], detections)  # fmt: skip
 
 
-# ---- head and loss ----------------------------------------------------------------------------
-
-
-class HeatmapHead(nn.Module):
-    """U-Net decoder c5 -> c4 -> c3 -> c2 (stride 4) -> 1x1 conv: one heatmap per keypoint.
-
-    Shapes: ``forward(features)`` with the backbone's dict -> (B, K, H / 4, W / 4).
-    """
-
-    def __init__(
-        self, in_channels: dict[str, int], num_keypoints: int,
-        channels: tuple[int, int, int] = (128, 64, 64),
-    ) -> None:  # fmt: skip
-        super().__init__()
-        if len(channels) != 3:
-            raise ValueError(f"head_channels needs 3 widths (c4, c3, c2), got {list(channels)}")
-        self.decoder = UNetDecoder(in_channels, tuple(channels))
-        self.out = nn.Conv2d(channels[-1], num_keypoints, 1)
-        # Near-zero start: the first steps learn where peaks are, not to undo random noise.
-        nn.init.normal_(self.out.weight, std=0.001)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
-        """Heatmaps (B, K, H / 4, W / 4)."""
-        return self.out(self.decoder(features))
+# ---- loss ------------------------------------------------------------------------------------
 
 
 def heatmap_loss(heatmaps: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
@@ -594,13 +582,14 @@ class KeypointTask(BaseTask):
                    {"series": [{"label": "mean PCK", "x": list(PCK_CURVE_THRESHOLDS[: len(curve)]),
                                 "y": curve}], "xlabel": "radius", "ylabel": "PCK"}),
             Figure("predictions", "image_grid",
-                   f"Predictions (red) and labels (green); caption: keypoints within PCK@{threshold}",
+                   f"Predictions (red), labels (green); caption: keypoints within PCK@{threshold}",
                    {"images": [s[0] for s in samples], "captions": [s[1] for s in samples],
                     "ok": [s[2] for s in samples]}),
         ]  # fmt: skip
         metrics = {**stats, f"PCK@{threshold}": pck, "instances": int(values["instances"])}
-        meta = {"category": self.category["name"], "crop (w x h)": "x".join(map(str, self.crop_size)),
-                "flip_test": self.hparams.flip_test, "refine": self.hparams.refine}  # fmt: skip
+        meta = {"category": self.category["name"], "flip_test": self.hparams.flip_test,
+                "crop (w x h)": "x".join(map(str, self.crop_size)),
+                "refine": self.hparams.refine}  # fmt: skip
         return Report("keypoints", headline, metrics, {"per_keypoint": table}, figures, meta)
 
     # ---- tools/predict.py -----------------------------------------------------------------------
