@@ -11,6 +11,7 @@ import torch
 
 from vision_tasks import ops
 from vision_tasks.data.coco import CocoIndex
+from vision_tasks.data.transforms import homography_transforms
 from vision_tasks.evaluation.metrics import CornerError
 from vision_tasks.tasks.homography import (
     HomographyDataset,
@@ -127,8 +128,10 @@ def test_patch_b_shows_the_image_at_the_true_homography() -> None:
 def test_same_seed_gives_the_same_validation_pairs(tiny_coco) -> None:
     def pairs(pair_seed: int, train: bool = False) -> list[dict]:
         index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
-        dataset = HomographyDataset(index, 64, train, patch_size=48, rho=12.0,
-                                    resize=(96, 80), pair_seed=pair_seed)  # fmt: skip
+        # pairs_per_image applies to training only: evaluation keeps one fixed pair per image.
+        dataset = HomographyDataset(index, 64, train, patch_size=48, rho=12.0, resize=(96, 80),
+                                    pair_seed=pair_seed, pairs_per_image=3)  # fmt: skip
+        assert len(dataset) == len(index.image_ids) * (3 if train else 1)
         return [dataset[i] for i in range(len(dataset))]
 
     first, again, other = pairs(0), pairs(0), pairs(1)
@@ -139,12 +142,52 @@ def test_same_seed_gives_the_same_validation_pairs(tiny_coco) -> None:
     torch.manual_seed(0)
     train = pairs(0, train=True)
     assert not all(torch.equal(a["corners"], t["corners"]) for a, t in zip(first, train))
+    # The 3 training pairs of an image come from the same image but differ.
+    n = len(first)
+    assert all(train[i]["image_id"] == train[i + n]["image_id"] for i in range(n))
+    assert not any(torch.equal(train[i]["corners"], train[i + n]["corners"]) for i in range(n))
+
+
+def test_refinement_pairs_carry_the_corners_of_what_the_network_sees(tiny_coco) -> None:
+    index = CocoIndex(tiny_coco.train_json, tiny_coco.train_images)
+    dataset = HomographyDataset(index, 48, True, patch_size=48, rho=12.0, resize=(96, 80),
+                                refine_fraction=1.0, refine_jitter=6.0)  # fmt: skip
+    torch.manual_seed(0)
+    samples = [dataset[i] for i in range(6)]
+    images = torch.stack([s["image"] for s in samples])
+    corners = torch.stack([s["corners"] for s in samples])
+    # The residual is of the jitter's size (rho is 12), not zero, and it explains patch B.
+    offsets = (corners - ops.square_corners(48)).abs()
+    assert offsets.max() < 3 * 6.0 and offsets.mean() > 0.5
+    inside = slice(12, 36)
+    identity = ops.square_corners(48).expand_as(corners)
+    gaps = [(ops.align_second_patch(images, c, 48)[:, 1] - images[:, 0])[:, inside, inside]
+            .abs().mean() for c in (corners, identity)]  # fmt: skip
+    assert gaps[0] < 0.6 * gaps[1], gaps
 
 
 def test_resize_too_small_for_the_patch_is_refused(tiny_coco) -> None:
     index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
     with pytest.raises(ValueError, match="data.patch_size"):
         HomographyDataset(index, 64, False, patch_size=128, rho=32.0, resize=(160, 120))
+
+
+def test_aligning_patch_b_by_the_true_corners_recovers_patch_a() -> None:
+    # Refinement input: network-sized patch B resampled through the estimate must show patch A.
+    rng = np.random.default_rng(8)
+    gray, transform = _texture(rng), homography_transforms(64)
+    inside = slice(16, 48)  # patch pixels 32..96: inside every quad moved by at most rho = 32
+    for _ in range(3):
+        patch_a, patch_b, corners, _ = random_pair(gray, rng, 128, 32.0)
+        images = transform(image=np.stack([patch_a, patch_b], axis=-1))["image"][None]
+        truth = torch.from_numpy(corners)
+        # The true corners, the same 1 px to the right, the identity.
+        estimates = torch.stack([truth, truth + torch.tensor([1.0, 0.0]), ops.square_corners(128)])
+        aligned = ops.align_second_patch(images.expand(3, -1, -1, -1), estimates, 128)
+        assert torch.equal(aligned[:, 0], images.expand(3, -1, -1, -1)[:, 0])
+        gap = (aligned[:, 1] - aligned[:, 0])[:, inside, inside].abs().mean(dim=(1, 2))
+        # Normalised units (std 0.25): what is left at the truth is resampling at half size.
+        assert gap[0] < 0.15 and gap[0] < 0.8 * gap[1] and gap[1] < 0.5 * gap[2], gap
 
 
 # ---- metric and baselines ------------------------------------------------------------------
@@ -204,6 +247,36 @@ def test_head_starts_at_identity_and_trains_all_of_conv1(model: HomographyTask) 
     model.zero_grad()
 
 
+def test_head_cannot_collapse_to_a_constant_output() -> None:
+    # Every hidden unit pushed far negative (what AdamW did to a ReLU head): the output must
+    # still depend on the input and the backbone must still get a gradient.
+    torch.manual_seed(0)
+    model = HomographyTask(image_size=32, patch_size=48, rho=12.0, hidden=16)
+    hidden_layer = model.head.mlp[1]
+    with torch.no_grad():
+        hidden_layer.bias.fill_(-1e3)
+    images = torch.randn(4, 2, 32, 32)
+    outputs = model(images)
+    assert outputs.std(dim=0).min() > 0
+    outputs.square().sum().backward()
+    assert model.backbone.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_refinement_composes_the_residual_after_the_first_estimate(monkeypatch) -> None:
+    model = HomographyTask(image_size=32, patch_size=48, rho=12.0, hidden=8, refine_steps=1)
+    first = torch.tensor([[0.5, -0.25, -1.0, 0.5, 0.25, 1.0, -0.5, 0.0]])
+    second = torch.tensor([[0.0, 0.75, 0.5, 0.0, -0.5, -0.25, 1.0, 0.5]])
+    monkeypatch.setattr(model, "forward", lambda images: second.expand(images.shape[0], 8))
+    corners = model.estimate_corners(first, torch.zeros(1, 2, 32, 32))[0].double().numpy()
+    # Oracle: OpenCV; patch B = A seen through H, and the aligned B through R = H H1^-1.
+    square = ops.square_corners(48).numpy()
+    h1, h2 = (cv2.getPerspectiveTransform(square, square + 12 * o.reshape(4, 2).numpy())
+              for o in (first, second))  # fmt: skip
+    expected = cv2.perspectiveTransform(square[None].astype(np.float64), h2 @ h1)[0]
+    np.testing.assert_allclose(corners, expected, atol=1e-3)
+    assert np.abs(corners - (square + 12 * first.reshape(4, 2).numpy())).max() > 1
+
+
 def test_decode_and_predict_write_consistent_corners(model: HomographyTask, tmp_path) -> None:
     image = cv2.cvtColor(_texture(np.random.default_rng(7), 160, 120), cv2.COLOR_GRAY2RGB)
     samples = [model.predict_sample(image), model.predict_sample(image)]
@@ -211,10 +284,15 @@ def test_decode_and_predict_write_consistent_corners(model: HomographyTask, tmp_
     batch = {"image": torch.stack([s["image"] for s in samples]), "image_id": [1, 2],
              "corners": [s["corners"] for s in samples]}  # fmt: skip
     with torch.no_grad():
-        outputs = model(batch["image"]) + 0.25
+        assert model(batch["image"]).shape == (2, 8)  # predict_sample's input fits the network
+    # decode alone, on outputs worked out by hand: offsets / rho, rho = 12, x0 y0 ... x3 y3.
+    outputs = torch.tensor([[0.25, -0.5, 1.0, 0.0, -1.0, 0.75, 0.5, 0.25]]).expand(2, 8)
     predictions = model.decode(outputs, batch)
     corners = torch.tensor(predictions[0]["corners"], dtype=torch.float64)
-    torch.testing.assert_close(corners, ops.square_corners(48, torch.float64) + 3.0)
+    by_hand = torch.tensor([[3.0, -6.0], [47 + 12.0, 0.0], [47 - 12.0, 47 + 9.0], [6.0, 47 + 3.0]],
+                           dtype=torch.float64)  # fmt: skip
+    torch.testing.assert_close(corners, by_hand, atol=1e-6, rtol=0)
+    assert predictions[0]["offsets"] == pytest.approx((outputs[0] * 12).tolist())
     mapped = ops.apply_homography(torch.tensor(predictions[0]["homography"], dtype=torch.float64),
                                   ops.square_corners(48, torch.float64))  # fmt: skip
     torch.testing.assert_close(mapped, corners, atol=1e-6, rtol=0)

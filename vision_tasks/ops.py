@@ -176,10 +176,13 @@ def corners_to_homography(corners: Tensor, size: int) -> Tensor:
     return four_point_to_homography(square, corners)
 
 
-def warp_perspective(images: Tensor, homography: Tensor, size: tuple[int, int]) -> Tensor:
+def warp_perspective(
+    images: Tensor, homography: Tensor, size: tuple[int, int], padding_mode: str = "zeros"
+) -> Tensor:
     """Warp (B, C, H, W) images by (B, 3, 3) homographies to (B, C, h, w) like
-    ``cv2.warpPerspective``: output pixel ``p`` samples the input at ``H^-1 p`` (bilinear,
-    zeros outside). Differentiable in both the images and the homographies.
+    ``cv2.warpPerspective``: output pixel ``p`` samples the input at ``H^-1 p`` (bilinear;
+    outside the input ``padding_mode`` of ``grid_sample``: zeros, border, reflection).
+    Differentiable in both the images and the homographies.
     """
     out_h, out_w = size
     in_h, in_w = images.shape[-2:]
@@ -193,5 +196,30 @@ def warp_perspective(images: Tensor, homography: Tensor, size: tuple[int, int]) 
     # align_corners=True puts -1 / +1 on the outer pixel centres: OpenCV's pixel convention.
     scale = source.new_tensor([2.0 / max(in_w - 1, 1), 2.0 / max(in_h - 1, 1)])
     normalised = (source * scale - 1).reshape(-1, out_h, out_w, 2)
-    return torch.nn.functional.grid_sample(images, normalised, mode="bilinear",
-                                           padding_mode="zeros", align_corners=True)  # fmt: skip
+    return torch.nn.functional.grid_sample(
+        images, normalised, mode="bilinear", padding_mode=padding_mode, align_corners=True
+    )
+
+
+def align_second_patch(images: Tensor, corners: Tensor, patch_size: int) -> Tensor:
+    """Undo an estimated homography on patch B of network inputs (for a refinement pass).
+
+    Args:
+        images: (B, 2, S, S) network inputs (patches area-resized from ``patch_size`` to S).
+        corners: (B, 4, 2) estimated corners in patch pixels.
+        patch_size: side P of the patches the corners are measured in.
+
+    Returns:
+        (B, 2, S, S): patch A and patch B resampled at ``H^-1 q``, which shows what A shows
+        where the estimate is right (the border is replicated where B has no pixels).
+    """
+    size = images.shape[-1]
+    scale = size / patch_size
+    # Area resizing maps patch pixel centre x to network pixel centre scale * (x + 0.5) - 0.5.
+    to_net = torch.tensor([[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5],
+                           [0.0, 0.0, 1.0]], dtype=torch.float64, device=images.device)  # fmt: skip
+    homography = to_net @ corners_to_homography(corners.double(), patch_size)
+    homography = homography @ torch.linalg.inv(to_net)
+    # B at q shows A's content at H q, so sampling B at H^-1 q shows A's content at q.
+    aligned = warp_perspective(images[:, 1:].double(), homography, (size, size), "border")
+    return torch.cat([images[:, :1], aligned.to(images.dtype)], dim=1)

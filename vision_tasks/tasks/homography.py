@@ -72,16 +72,20 @@ def random_pair(
 def to_gray(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> grey uint8 resized to ``size`` = (width, height)."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    if gray.shape[::-1] == tuple(size):
-        return gray
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    same = gray.shape[::-1] == tuple(size)
+    return gray if same else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
 class HomographyDataset(Dataset):
     """Every image of a COCO split as ``{"image", "corners", "patches", "image_id"}`` pairs.
 
-    Training pairs are drawn afresh at every access; evaluation pairs are fixed by
+    Training pairs are drawn afresh at every access, ``pairs_per_image`` of them per image and
+    epoch (fewer, longer epochs on a small set); evaluation pairs are one per image, fixed by
     ``(pair_seed, image_id)``, so every run, epoch and baseline sees the same pairs.
+
+    A ``refine_fraction`` of the training pairs are refinement pairs, as the model's
+    ``refine_steps`` passes see them: patch B undone by an estimate that is off by up to
+    ``refine_jitter`` pixels per corner coordinate; ``corners`` is then the residual's.
     """
 
     def __init__(
@@ -94,7 +98,12 @@ class HomographyDataset(Dataset):
         resize: tuple[int, int] = (320, 240),
         pair_seed: int = 0,
         photometric: bool = False,
+        pairs_per_image: int = 1,
+        refine_fraction: float = 0.0,
+        refine_jitter: float = 8.0,
     ) -> None:
+        if pairs_per_image < 1:
+            raise ValueError(f"data.pairs_per_image must be >= 1, got {pairs_per_image}")
         if min(resize) < patch_size + 2 * int(np.ceil(rho)):
             raise ValueError(f"data.resize_width/height {resize} too small for data.patch_size "
                              f"{patch_size} + 2 * data.rho {rho}")  # fmt: skip
@@ -106,12 +115,15 @@ class HomographyDataset(Dataset):
         self.pair_seed = pair_seed
         self.photometric = homography_photometric() if train and photometric else None
         self.transform = homography_transforms(image_size)
+        self.pairs_per_image = pairs_per_image if train else 1
+        self.refine_fraction = refine_fraction if train else 0.0
+        self.refine_jitter = refine_jitter
 
     def __len__(self) -> int:
-        return len(self.index.image_ids)
+        return len(self.index.image_ids) * self.pairs_per_image
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image_id = self.index.image_ids[i]
+        image_id = self.index.image_ids[i % len(self.index.image_ids)]
         gray = to_gray(self.index.load_image(image_id), self.resize)
         # torch's generator is seeded per worker (and by seed_everything); NumPy's is not.
         seed = int(torch.randint(2**62, ())) if self.train else (self.pair_seed, image_id)
@@ -120,12 +132,30 @@ class HomographyDataset(Dataset):
         if self.photometric is not None:
             patch_a, patch_b = (self.photometric(image=p)["image"] for p in (patch_a, patch_b))
         patches = np.stack([patch_a, patch_b], axis=-1)
+        image, corners = self.transform(image=patches)["image"], torch.from_numpy(corners)
+        if self.refine_fraction > 0 and torch.rand(()) < self.refine_fraction:
+            image, corners = self._refinement_pair(image, corners)
         return {
-            "image": self.transform(image=patches)["image"],
-            "corners": torch.from_numpy(corners),
+            "image": image,
+            "corners": corners,
             "patches": torch.from_numpy(patches).permute(2, 0, 1).contiguous(),
             "image_id": image_id,
         }
+
+    def _refinement_pair(self, image: Tensor, corners: Tensor) -> tuple[Tensor, Tensor]:
+        """(2, S, S) input and (4, 2) true corners -> the input and corners a refinement pass
+        sees after an estimate off by up to ``refine_jitter`` px per coordinate.
+        """
+        # A random scale per pair: later passes see small residuals, and must see them here.
+        scale = float(torch.rand(())) * self.refine_jitter
+        jitter = (torch.rand(4, 2, dtype=torch.float64) * 2 - 1) * scale
+        estimate = corners.double() + jitter
+        aligned = ops.align_second_patch(image[None], estimate[None], self.patch_size)[0]
+        # Aligned B shows A at R q with R = H H_estimate^-1, the map of the estimated corners
+        # onto the true ones; the pair's corners are R's image of the square.
+        residual = ops.four_point_to_homography(estimate, corners.double())
+        square = ops.square_corners(self.patch_size, torch.float64)
+        return aligned, ops.apply_homography(residual, square).float()
 
 
 class HomographyData(VisionDataModule):
@@ -133,7 +163,8 @@ class HomographyData(VisionDataModule):
 
     ``image_size`` is the network input side: pairs are cut at ``patch_size`` and area-resized
     to it (corners stay in ``patch_size`` pixels). ``patch_size`` and ``rho`` must match the
-    model's.
+    model's. ``pairs_per_image`` training pairs are drawn per image and epoch; a
+    ``refine_fraction`` of them are refinement pairs (see :class:`HomographyDataset`).
     """
 
     def __init__(
@@ -157,6 +188,9 @@ class HomographyData(VisionDataModule):
         resize_height: int = 240,
         pair_seed: int = 0,
         photometric: bool = False,
+        pairs_per_image: int = 1,
+        refine_fraction: float = 0.0,
+        refine_jitter: float = 8.0,
     ) -> None:
         super().__init__(
             train_json, train_images, val_json, val_images, test_json, test_images, image_size,
@@ -167,11 +201,14 @@ class HomographyData(VisionDataModule):
         self.resize = (resize_width, resize_height)
         self.pair_seed = pair_seed
         self.photometric = photometric
+        self.pairs_per_image = pairs_per_image
+        self.refine = (refine_fraction, refine_jitter)
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """One pair per image (annotations ignored)."""
         return HomographyDataset(index, self.image_size, train, self.patch_size, self.rho,
-                                 self.resize, self.pair_seed, self.photometric)  # fmt: skip
+                                 self.resize, self.pair_seed, self.photometric,
+                                 self.pairs_per_image, *self.refine)  # fmt: skip
 
 
 # ---- head and loss ------------------------------------------------------------------------------
@@ -197,7 +234,9 @@ class HomographyHead(nn.Module):
         self.mlp = nn.Sequential(
             nn.Flatten(),
             nn.Linear(reduce_channels * pool_size**2, hidden),
-            nn.ReLU(inplace=True),
+            # Not ReLU: with AdamW every hidden unit died in the first epoch of a benchmark run
+            # (constant output, no gradient left for the backbone); leaky units cannot die.
+            nn.LeakyReLU(0.1, inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, 8),
         )
@@ -311,6 +350,8 @@ class HomographyTask(BaseTask):
         pool_size: side of the adaptive average pool before the MLP.
         hidden: width of the MLP's hidden layer.
         dropout: dropout before the last layer.
+        refine_steps: evaluation passes that undo the current estimate on patch B and add the
+            network's residual homography (a cascade with shared weights; 0 = one pass).
         (the rest: see :class:`BaseTask`)
     """
 
@@ -331,6 +372,7 @@ class HomographyTask(BaseTask):
         pool_size: int = 2,
         hidden: int = 512,
         dropout: float = 0.0,
+        refine_steps: int = 0,
         backbone: str = "resnet18",
         backbone_weights: str = "none",
         freeze_at: int = 0,
@@ -372,6 +414,18 @@ class HomographyTask(BaseTask):
         """(B, 8) network outputs -> (B, 4, 2) predicted corners in patch pixels."""
         return ops.offsets_to_corners(outputs * self.hparams.rho, self.hparams.patch_size)
 
+    @torch.no_grad()
+    def estimate_corners(self, outputs: Tensor, images: Tensor) -> Tensor:
+        """(B, 8) outputs for (B, 2, S, S) inputs -> (B, 4, 2) corners after ``refine_steps``."""
+        corners = self.predicted_corners(outputs.detach()).double()
+        size = self.hparams.patch_size
+        for _ in range(self.hparams.refine_steps):
+            aligned = ops.align_second_patch(images, corners, size)
+            residual = self.predicted_corners(self(aligned)).double()
+            # B shows A at H q; the aligned B shows A at R q (R: square -> residual), H = R H_est.
+            corners = ops.apply_homography(ops.corners_to_homography(residual, size), corners)
+        return corners.to(outputs.dtype)
+
     def compute_loss(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss on the offsets scaled by rho."""
         square = ops.square_corners(self.hparams.patch_size).to(outputs)
@@ -382,7 +436,7 @@ class HomographyTask(BaseTask):
         """Corner errors of the network and the identity (and ORB + RANSAC in test)."""
         target = batch["corners"]
         square = ops.square_corners(self.hparams.patch_size).to(target).expand_as(target)
-        metric["model"].update(self.predicted_corners(outputs.detach()), target)
+        metric["model"].update(self.estimate_corners(outputs, batch["image"]), target)
         metric["identity"].update(square, target)
         if "orb" in metric:
             corners, failed = orb_ransac_batch(batch["patches"])
@@ -392,10 +446,10 @@ class HomographyTask(BaseTask):
         """Per pair: predicted corners and offsets (patch pixels), the homography; with true
         corners in the batch also those and the pair's corner error.
         """
-        corners = self.predicted_corners(outputs.detach()).double()
+        corners = self.estimate_corners(outputs, batch["image"]).double()
         homographies = ops.corners_to_homography(corners, self.hparams.patch_size)
         truth = batch.get("corners")
-        truth = torch.stack(list(truth)).to(corners) if truth is not None else None
+        truth = None if truth is None else torch.stack(list(truth)).to(corners)
         square = ops.square_corners(self.hparams.patch_size, torch.float64).to(corners)
         results = []
         for i in range(corners.shape[0]):
@@ -413,7 +467,7 @@ class HomographyTask(BaseTask):
 
     def draw_samples(self, outputs: Tensor, batch: dict[str, Any]) -> list:
         """Pairs with the true (green) and predicted (red) quadrilaterals."""
-        predicted = self.predicted_corners(outputs.detach()).cpu().numpy()
+        predicted = self.estimate_corners(outputs, batch["image"]).cpu().numpy()
         truth = batch["corners"].cpu().numpy()
         samples = []
         for patches, true, pred in zip(batch["patches"].cpu().numpy(), truth, predicted):
