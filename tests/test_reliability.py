@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -117,3 +118,16 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     saved = torch.load(last, weights_only=True)
     assert saved["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_last_checkpoint_follows_every_epoch_even_when_the_metric_stalls(data_args, tmp_path):
+    # A zero learning rate: the metric can only wander (the head's BN statistics still move).
+    args = ["--task", "classify", *data_args, "--trainer.max_epochs", "4", "--model.lr", "0",
+            "--model.freeze_at", "5", *QUIET]  # fmt: skip
+    run = _train_in(tmp_path, args)
+    rows = csv.DictReader((run / "metrics.csv").open())
+    top1 = [float(row["val/top1"]) for row in rows if row.get("val/top1")]
+    best_epoch = max(range(len(top1)), key=lambda e: (top1[e], -e))
+    [best] = (run / "checkpoints").glob("best-*.ckpt")
+    assert best.name == f"best-{best_epoch:03d}.ckpt"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3

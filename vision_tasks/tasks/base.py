@@ -242,7 +242,7 @@ class BaseTask(L.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         """Best + last checkpoints on the task's monitored metric, and the report writer."""
-        best = ModelCheckpoint(
+        best = BestAndLastCheckpoint(
             filename="best-{epoch:03d}",
             monitor=self.monitor,
             mode=self.monitor_mode,
@@ -264,6 +264,31 @@ def warmup_cosine(total_steps: float, warmup_steps: float, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``best-*.ckpt`` by the monitored metric, and ``last.ckpt`` after every epoch.
+
+    Lightning (>= 2.5) rewrites ``last.ckpt`` only on epochs that also saved a best checkpoint,
+    so a run whose metric stalls would resume from its last improvement, not its last epoch.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save best (if improved), then last, where Lightning saves at validation end."""
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The same where it saves at the end of the training epoch (the usual case)."""
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: L.Trainer) -> None:
+        # _should_skip_saving_checkpoint is true once anything was saved at this global step.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ReportWriter(Callback):
