@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from vision_tasks.cli import train_main
-
 from vision_tasks.data.synthetic import SyntheticPaths, generate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -10,7 +10,6 @@ from vision_tasks.cli import evaluate_main, load_task_checkpoint, train_main
 from vision_tasks.tasks import TASKS
 
 
-
 @pytest.mark.parametrize("task", list(TASKS))
 def test_fit_writes_checkpoints_logs_and_report(trained_runs, task: str) -> None:
     run = trained_runs[task]

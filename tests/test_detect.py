@@ -131,7 +131,8 @@ def _pycocotools_stats(gt_json: str, results_json: str) -> list[float]:
 def test_ground_truth_as_predictions_gives_ap_one(tiny_coco) -> None:
     index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
     results = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+         "score": 1.0}
         for a in index.coco.dataset["annotations"]
     ]
     stats = coco_evaluate(index, results, "bbox").stats
@@ -146,7 +147,8 @@ def test_perturbed_predictions_match_pycocotools_exactly(tiny_coco, tmp_path) ->
         x, y, w, h = a["bbox"]
         jitter = rng.normal(0, 0.15, 4) * [w, h, w, h]
         results.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                        "bbox": [x + jitter[0], y + jitter[1], w + abs(jitter[2]), h + abs(jitter[3])],
+                        "bbox": [x + jitter[0], y + jitter[1],
+                                 w + abs(jitter[2]), h + abs(jitter[3])],
                         "score": float(rng.uniform(0.1, 1.0))})  # fmt: skip
     results.append({"image_id": index.image_ids[0], "category_id": 3, "bbox": [1, 1, 5, 5],
                     "score": 0.99})  # a confident false positive  # fmt: skip
@@ -164,7 +166,8 @@ def test_decode_maps_to_original_pixels_and_category_ids() -> None:
     # Original 200x100 (W x H) image letterboxed into 64: scale 0.32, pad_y 16.
     scale, pad_x, pad_y = ops.letterbox_params(100, 200, 64)
     batch = {"image_id": torch.tensor([7]), "scale": torch.tensor([scale]),
-             "pad": torch.tensor([[pad_x, pad_y]]), "orig_size": torch.tensor([[100, 200]])}  # fmt: skip
+             "pad": torch.tensor([[pad_x, pad_y]]),
+             "orig_size": torch.tensor([[100, 200]])}  # fmt: skip
     prediction = model.decode(outputs, batch)[0]
     distance = float(torch.nn.functional.softplus(torch.tensor(0.0))) * 8
     expected = torch.tensor([(32 - distance - pad_x) / scale, (32 - distance - pad_y) / scale,

@@ -1,4 +1,4 @@
-"""Runs that die or repeat: atomic checkpoints, SIGKILL + resume, NaN stop, same seed -> same run."""
+"""Runs that die or repeat: atomic checkpoints, SIGKILL + resume, NaN stop, seeds."""
 
 from __future__ import annotations
 
@@ -117,7 +117,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     [last] = (tmp_path / "runs" / "classify").glob("*/checkpoints/last.ckpt")
     saved = torch.load(last, weights_only=True)
     assert saved["epoch"] == 0
-    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    weights = [v for v in saved["state_dict"].values() if v.is_floating_point()]
+    assert all(torch.isfinite(v).all() for v in weights)
 
 
 def test_last_checkpoint_follows_every_epoch_even_when_the_metric_stalls(data_args, tmp_path):

@@ -126,7 +126,8 @@ def results_from_predictions(predictions: list[dict[str, Any]]) -> list[dict[str
         for box, score, category in zip(prediction["bbox"].tolist(), prediction["score"].tolist(),
                                         prediction["category_id"].tolist()):  # fmt: skip
             records.append({"image_id": image_id, "category_id": int(category),
-                            "bbox": [round(v, 3) for v in box], "score": round(score, 5)})  # fmt: skip
+                            "bbox": [round(v, 3) for v in box],
+                            "score": round(score, 5)})  # fmt: skip
     return records
 
 

@@ -340,7 +340,8 @@ class KeypointMetric(Metric):
         if self.index is not None:
             seen = None if self.every_image else sorted(set(image_ids))
             result = coco_evaluate(self.index, records, "keypoints", image_ids=seen,
-                                   keypoint_sigmas=self.sigmas, category_ids=[self.category_id])  # fmt: skip
+                                   keypoint_sigmas=self.sigmas,
+                                   category_ids=[self.category_id])  # fmt: skip
             values.update(result.stats)
         return values
 

@@ -66,8 +66,10 @@ class DetectDataset(Dataset):
         crowd = [bool(a.get("iscrowd", 0)) for a in anns]
         if self.train:
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            out = self.transform(image=square, bboxes=boxes[keep],
-                                 label=np.array(labels)[keep], crowd=np.array(crowd)[keep])  # fmt: skip
+            out = self.transform(
+                image=square, bboxes=boxes[keep], label=np.array(labels)[keep],
+                crowd=np.array(crowd)[keep],
+            )  # fmt: skip
             tensor, boxes = out["image"], np.asarray(out["bboxes"]).reshape(-1, 4)
             labels, crowd = list(out["label"]), list(out["crowd"])
         else:
@@ -163,7 +165,9 @@ class DetectHead(nn.Module):
         return torch.cat(cls, dim=2).transpose(1, 2), torch.cat(box, dim=2).transpose(1, 2)
 
 
-def grid_points(shapes: list[tuple[int, int]], strides: list[int], device=None) -> tuple[Tensor, Tensor]:
+def grid_points(
+    shapes: list[tuple[int, int]], strides: list[int], device=None
+) -> tuple[Tensor, Tensor]:
     """Centres (N, 2) in input pixels and strides (N, 1) of every grid cell of every level."""
     points, point_strides = [], []
     for (height, width), stride in zip(shapes, strides):
@@ -183,7 +187,9 @@ def decode_boxes(points: Tensor, strides: Tensor, box_regression: Tensor) -> Ten
 # ---- assigner and loss --------------------------------------------------------------------------
 
 
-def pad_targets(boxes: list[Tensor], labels: list[Tensor], crowd: list[Tensor]) -> dict[str, Tensor]:
+def pad_targets(
+    boxes: list[Tensor], labels: list[Tensor], crowd: list[Tensor]
+) -> dict[str, Tensor]:
     """Per-image ragged targets -> padded (B, M, ...) tensors with a ``valid`` mask."""
     max_objects = max([len(b) for b in boxes] + [1])
     batch = len(boxes)
@@ -233,7 +239,8 @@ def task_aligned_assign(
     gt_boxes, gt_labels, valid = targets["boxes"], targets["labels"], targets["valid"]
     batch, num_objects = gt_labels.shape
     ious = torch.stack([box_iou(g, p) for g, p in zip(gt_boxes, pred_boxes)])  # (B, M, N)
-    class_scores = scores.transpose(1, 2).gather(1, gt_labels.unsqueeze(-1).expand(-1, -1, scores.shape[1]))
+    per_object = gt_labels.unsqueeze(-1).expand(-1, -1, scores.shape[1])
+    class_scores = scores.transpose(1, 2).gather(1, per_object)
     candidates = points_inside(points, gt_boxes) & valid.unsqueeze(-1)
     alignment = class_scores.pow(alpha) * ious.pow(beta) * candidates
     k = min(top_k, alignment.shape[-1])
@@ -282,7 +289,9 @@ def detection_loss(
     cls_loss = (bce * keep).sum() / normaliser
     if foreground.any():
         weight = target_scores.sum(-1)[foreground]
-        ciou = complete_box_iou_loss(pred_boxes[foreground], target_boxes[foreground], reduction="none")
+        ciou = complete_box_iou_loss(
+            pred_boxes[foreground], target_boxes[foreground], reduction="none"
+        )
         box_loss = (ciou * weight).sum() / normaliser
     else:
         box_loss = box_regression.sum() * 0.0
@@ -418,7 +427,8 @@ class DetectTask(BaseTask):
         hp = self.hparams
         detections = postprocess(outputs["cls_logits"], outputs["box_regression"],
                                  outputs["points"], outputs["strides"], hp.score_threshold,
-                                 iou_threshold=hp.nms_iou, max_detections=hp.max_detections)  # fmt: skip
+                                 iou_threshold=hp.nms_iou,
+                                 max_detections=hp.max_detections)  # fmt: skip
         category_ids = torch.tensor([c["id"] for c in self.categories])
         predictions = []
         for i, (boxes, scores, labels) in enumerate(detections):
@@ -457,7 +467,8 @@ class DetectTask(BaseTask):
                                  self.draw_score_threshold)  # fmt: skip
         drawn = []
         for image, truth, (boxes, scores, labels) in zip(images, batch["boxes_xyxy"], detections):
-            names = [f"{self.class_names[k]} {s:.2f}" for k, s in zip(labels.tolist(), scores.tolist())]
+            names = [f"{self.class_names[k]} {s:.2f}"
+                     for k, s in zip(labels.tolist(), scores.tolist())]  # fmt: skip
             image = draw_bounding_boxes(image, truth.cpu(), colors="lime", width=1)
             image = draw_bounding_boxes(image, boxes.cpu(), names, colors="red", width=1)
             drawn.append((image.permute(1, 2, 0).numpy(), f"{len(boxes)} detections", None))
@@ -499,7 +510,8 @@ class DetectTask(BaseTask):
             keep = prediction["score"] >= self.draw_score_threshold
             boxes = ops.xywh_to_xyxy(prediction["bbox"][keep])
             labels = [f"{self.class_names[index_of[int(c)]]} {float(s):.2f}"
-                      for c, s in zip(prediction["category_id"][keep], prediction["score"][keep])]  # fmt: skip
+                      for c, s in zip(prediction["category_id"][keep],
+                                      prediction["score"][keep])]  # fmt: skip
             drawn = draw_bounding_boxes(torch.from_numpy(image).permute(2, 0, 1), boxes, labels,
                                         colors="red", width=2)  # fmt: skip
             path = out_dir / f"{Path(name).stem}.jpg"
