@@ -96,6 +96,15 @@ def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(data_ar
     subprocess.run(_command(data_args, "--ckpt_path", "last"), cwd=tmp_path / "killed",
                    check=True, capture_output=True)  # fmt: skip
     assert _headline(killed) == pytest.approx(_headline(whole), abs=1e-6)
+    # The resumed run continued the interrupted run's metrics.csv: every epoch's validation
+    # row is there once, equal to the uninterrupted run's.
+    assert _validation_rows(killed) == _validation_rows(whole)
+    assert [epoch for epoch, _ in _validation_rows(whole)] == list(range(6))
+
+
+def _validation_rows(run_dir: Path) -> list[tuple[int, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        return [(int(r["epoch"]), r["val/loss"]) for r in csv.DictReader(handle) if r["val/loss"]]
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(

@@ -76,8 +76,8 @@ def _task_configs(task: str) -> list[str]:
     return [arg for f in files if f.is_file() for arg in ("--config", str(f))]
 
 
-def _resolve_resume(task: str, argv: list[str]) -> str | None:
-    """Turn ``--ckpt_path last`` into the newest run's last.ckpt; return that run's version."""
+def _resolve_resume(task: str, argv: list[str]) -> tuple[str, int] | None:
+    """Turn ``--ckpt_path last`` into the newest run's last.ckpt; return its version and epoch."""
     for i, arg in enumerate(argv):
         if arg == "--ckpt_path" and i + 1 < len(argv):
             value = argv[i + 1]
@@ -88,9 +88,21 @@ def _resolve_resume(task: str, argv: list[str]) -> str | None:
                     raise SystemExit(f"--ckpt_path last: no runs/{task}/*/checkpoints/last.ckpt")
                 value = argv[i + 1] = str(candidates[-1])
             path = Path(value)
-            if path.parent.name == "checkpoints":
-                return path.parent.parent.name  # keep logging into the interrupted run's folder
+            if path.parent.name == "checkpoints" and path.is_file():
+                saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                # keep logging into the interrupted run's folder
+                return path.parent.parent.name, int(saved.get("epoch", -1))
     return None
+
+
+def _new_version(task: str) -> str:
+    """A timestamp naming a run folder that does not exist yet."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    version, n = stamp, 1
+    while Path("runs", task, version).exists():  # two runs started in the same second
+        n += 1
+        version = f"{stamp}-{n}"
+    return version
 
 
 def train_main(argv: list[str] | None = None) -> VisionCLI | None:
@@ -100,11 +112,13 @@ def train_main(argv: list[str] | None = None) -> VisionCLI | None:
     if task not in TASKS:
         raise SystemExit(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
     subcommand = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "fit"
-    version = _resolve_resume(task, argv) or time.strftime("%Y%m%d-%H%M%S")
+    resumed = _resolve_resume(task, argv)
+    version, resume_epoch = resumed or (_new_version(task), None)
+    where = {"save_dir": f"runs/{task}", "name": "", "version": version}
     loggers = [
-        {"class_path": f"lightning.pytorch.loggers.{name}",
-         "init_args": {"save_dir": f"runs/{task}", "name": "", "version": version}}
-        for name in ("TensorBoardLogger", "CSVLogger")
+        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": where},
+        {"class_path": "vision_tasks.utils.ResumableCSVLogger",
+         "init_args": {**where, "resume_epoch": resume_epoch}},
     ]  # fmt: skip
     spec = TASKS[task]
     try:

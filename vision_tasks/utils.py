@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -12,6 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -80,3 +84,52 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     version, python_state, gauss = state["python"]
     random.setstate((version, tuple(python_state), gauss))
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """CSV writer that keeps a resumed run's rows up to its checkpoint's epoch."""
+
+    def __init__(self, log_dir: str, resume_epoch: int | None) -> None:
+        self._resume_epoch = resume_epoch
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return  # the TensorBoard files beside it are no reason for Lightning's warning
+        if self._resume_epoch is None:
+            return super()._check_log_dir_exists()
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("epoch") and int(r["epoch"]) <= self._resume_epoch]
+        # Rows past the checkpoint belong to the interrupted epoch, which the resumed run redoes.
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, text.getvalue())
+        self.metrics_keys = header
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSVLogger that continues ``metrics.csv`` on resume (Lightning's deletes it), flushing often.
+
+    Args:
+        resume_epoch: epoch of the checkpoint the run resumes from (``None``: a new run).
+        *args, **kwargs: as :class:`lightning.pytorch.loggers.CSVLogger`.
+    """
+
+    def __init__(self, *args: Any, resume_epoch: int | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("flush_logs_every_n_steps", 1)  # a killed run keeps what it logged
+        super().__init__(*args, **kwargs)
+        self._resume_epoch = resume_epoch
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The writer (created on first use, as Lightning's)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(self.log_dir, self._resume_epoch)
+        return self._experiment

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
@@ -40,6 +42,62 @@ def seed_worker(worker_id: int) -> None:
     """
     pl_worker_init_function(worker_id)
     seed_augmentation(get_worker_info().dataset, torch.initial_seed())
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed for one (run seed, epoch, process) triple, well mixed (``SeedSequence``)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+class EpochSeededLoader(DataLoader):
+    """Training DataLoader whose randomness is a function of (seed, epoch) alone.
+
+    Lightning creates a run's first iterator early (``estimated_stepping_batches`` in
+    ``configure_optimizers``), before a resumed run's epoch is restored and before any hook can
+    restore the random state; a loader drawing from the global generator there would shuffle
+    and augment the resumed epoch differently from the uninterrupted run. So the iterator
+    starts on its first batch, and first reseeds its own generator (shuffling, worker base
+    seeds), the samplers' epoch and in-process augmentation from ``(seed, epoch, rank)``.
+
+    Args:
+        seed: the run's seed (``seed_everything``).
+        epoch_and_rank: returns the trainer's current epoch and global rank.
+    """
+
+    def __init__(
+        self, *args: Any, seed: int, epoch_and_rank: Callable[[], tuple[int, int]], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self.seed, self.epoch_and_rank = seed, epoch_and_rank
+
+    def __iter__(self) -> Iterator[Any]:
+        return _StartsOnFirstBatch(self._seeded_iterator)
+
+    def _seeded_iterator(self) -> Iterator[Any]:
+        epoch, rank = self.epoch_and_rank()
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))  # same on every rank
+        samplers = {id(s): s for s in (self.batch_sampler, self.sampler) if s is not None}
+        for sampler in samplers.values():
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)
+        if self.num_workers == 0:  # workers seed theirs in seed_worker, from the base seed
+            seed_augmentation(self.dataset, epoch_seed(self.seed, epoch, rank))
+        return super().__iter__()
+
+
+class _StartsOnFirstBatch:
+    """An iterator created by ``start()`` when the first item is asked for."""
+
+    def __init__(self, start: Callable[[], Iterator[Any]]) -> None:
+        self._start, self._iterator = start, None
+
+    def __iter__(self) -> _StartsOnFirstBatch:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
 
 
 def default_num_workers() -> int:
@@ -156,8 +214,10 @@ class VisionDataModule(L.LightningDataModule):
         dataset = self._dataset("train")
         batch_sampler = self.train_batch_sampler(dataset)
         if batch_sampler is not None:
-            return self._loader(dataset, batch_sampler=batch_sampler)
-        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
+            return self._loader(dataset, training=True, batch_sampler=batch_sampler)
+        return self._loader(
+            dataset, training=True, shuffle=True, drop_last=len(dataset) > self.batch_size
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in index order."""
@@ -179,21 +239,36 @@ class VisionDataModule(L.LightningDataModule):
             self.datasets[split] = self.build_dataset(self._indexes[split], split == "train")
         return self.datasets[split]
 
-    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+    def _loader(self, dataset: Dataset, training: bool = False, **kwargs: Any) -> DataLoader:
         if "batch_sampler" not in kwargs:
             kwargs["batch_size"] = self.batch_size
-        if self.num_workers == 0:  # in-process: seed from the main generator seed_everything set
-            seed_augmentation(dataset, int(torch.randint(2**31, ()).item()))
-        return DataLoader(
-            dataset,
+        common = dict(
             num_workers=self.num_workers,
             collate_fn=self.collate,
-            persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
-            **kwargs,
         )
+        if training:
+            # Fresh workers every epoch: persistent ones would carry augmentation streams a
+            # resumed run cannot rebuild. Their start-up is a small share of an epoch here.
+            return EpochSeededLoader(
+                dataset, seed=self._seed(), epoch_and_rank=self._epoch_and_rank,
+                persistent_workers=False, **common, **kwargs,
+            )  # fmt: skip
+        if self.num_workers == 0:
+            seed_augmentation(dataset, 0)
+        # Its own generator: evaluation never moves the global random stream training uses.
+        return DataLoader(dataset, generator=torch.Generator().manual_seed(0),
+                          persistent_workers=self.num_workers > 0, **common, **kwargs)  # fmt: skip
 
+    def _seed(self) -> int:
+        # seed_everything (the CLI always calls it) publishes the seed here, also to DDP workers.
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        return int(seed) if seed is not None else int(torch.randint(2**31, ()).item())
+
+    def _epoch_and_rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.current_epoch, trainer.global_rank) if trainer is not None else (0, 0)
 
 def _split(json_path: str | None, images: str | None, name: str) -> tuple[str, str] | None:
     if json_path is None:

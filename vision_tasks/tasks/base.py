@@ -25,7 +25,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
 from vision_tasks.backbone import Backbone
-from vision_tasks.data.datamodule import seed_augmentation
 from vision_tasks.evaluation.report import Report, write_report
 from vision_tasks.utils import capture_rng_state, restore_rng_state
 
@@ -190,13 +189,7 @@ class BaseTask(L.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        """Reseed in-process augmentation; keep the backbone frozen for the first epochs."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        in_process = datamodule is not None and datamodule.num_workers == 0
-        if in_process and "train" in datamodule.datasets:
-            # From the seeded torch generator, so the epoch's augmentation is reproducible and a
-            # resumed run (see on_train_start) draws the same as an uninterrupted one.
-            seed_augmentation(datamodule.datasets["train"], int(torch.randint(2**31, ()).item()))
+        """Keep the backbone frozen for the first ``freeze_backbone_epochs`` epochs."""
         if self.hparams.freeze_backbone_epochs <= 0:
             return
         trainable = self.current_epoch >= self.hparams.freeze_backbone_epochs

@@ -239,6 +239,9 @@ def task_aligned_assign(
     gt_boxes, gt_labels, valid = targets["boxes"], targets["labels"], targets["valid"]
     batch, num_objects = gt_labels.shape
     ious = torch.stack([box_iou(g, p) for g, p in zip(gt_boxes, pred_boxes)])  # (B, M, N)
+    # 0/0 where a padding box (zero area) meets a collapsed prediction (softplus -> 0): NaN would
+    # survive the masking below (NaN * 0 is NaN) and poison both losses.
+    ious = torch.nan_to_num(ious, nan=0.0)
     per_object = gt_labels.unsqueeze(-1).expand(-1, -1, scores.shape[1])
     class_scores = scores.transpose(1, 2).gather(1, per_object)
     candidates = points_inside(points, gt_boxes) & valid.unsqueeze(-1)
