@@ -13,18 +13,23 @@ from vision_tasks.tasks import TASKS
 
 pytest.importorskip("onnxruntime")
 
+KEYPOINT_TOLERANCE_PX = 0.25
 
-def _assert_close(a, b, path: str = "results") -> None:
+
+def _assert_close(a, b, path: str = "results", abs_tol: float = 1e-3) -> None:
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for key in a:
-            _assert_close(a[key], b[key], f"{path}.{key}")
+            # Keypoints of a barely trained model come from near-flat heatmaps (peak ~0.005),
+            # where the sub-pixel fit turns 1e-9 output differences into hundredths of a pixel.
+            tol = KEYPOINT_TOLERANCE_PX if key == "keypoints" else abs_tol
+            _assert_close(a[key], b[key], f"{path}.{key}", tol)
     elif isinstance(a, list):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
-            _assert_close(x, y, f"{path}[{i}]")
+            _assert_close(x, y, f"{path}[{i}]", abs_tol)
     elif isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-3), f"{path}: {a} != {b}"
+        assert math.isclose(a, b, rel_tol=1e-3, abs_tol=abs_tol), f"{path}: {a} != {b}"
     else:
         assert a == b, path
 
