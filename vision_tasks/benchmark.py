@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import re
 import resource
@@ -276,8 +277,10 @@ def _change(before: float, after: float) -> str:
 def environment() -> dict[str, Any]:
     """What the figures were measured on."""
     return {
+        "measured_at": time.strftime("%Y-%m-%d %H:%M"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
@@ -308,7 +311,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also train each task's budgeted default and record its headline",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed measurements")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="JSON file; entries of other tasks or options already in it are kept",
+    )
     parser.add_argument("--baseline", type=Path, default=None, help="an earlier JSON to compare")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -324,17 +333,38 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:  # one task in this process: print its JSON for the parent
         print(json.dumps(speed(tasks[0], **options)))
         return
-    results = [_speed_in_subprocess(task, argv_of(args, task)) for task in tasks]
-    payload = {"environment": environment(), "options": options, "speed": results}
-    if args.quality:
-        payload["quality"] = [quality(task, []) for task in tasks]
+    results = [] if args.no_speed else [
+        {**_speed_in_subprocess(task, argv_of(args, task)), "options": options} for task in tasks
+    ]
+    qualities = [quality(task, []) for task in tasks] if args.quality else []
     baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    print(format_table(results, baseline))
-    for q in payload.get("quality", []):
+    if results:
+        print(format_table(results, baseline))
+    for q in qualities:
         print(f"quality {q['task']}: {q.get('headline')} in {q['wall_s']:.0f} s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    payload = merge_results(args.output, environment(), results, qualities)
     atomic_write_text(args.output, json.dumps(payload, indent=2))
     print(f"written: {args.output}")
+
+
+def merge_results(
+    path: Path, env: dict[str, Any], speed: list[dict], quality: list[dict]
+) -> dict[str, Any]:
+    """The JSON at ``path`` with these entries replacing those of the same task (and options)."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+
+    def key(entry: dict) -> str:
+        return json.dumps([entry.get("task"), entry.get("options")], sort_keys=True)
+
+    def merged(before: list[dict], new: list[dict]) -> list[dict]:
+        by_key = {key(e): e for e in before}
+        by_key.update({key(e): {**e, "environment": env} for e in new})
+        return list(by_key.values())
+
+    return {
+        "speed": merged(old.get("speed", []), speed),
+        "quality": merged(old.get("quality", []), quality),
+    }
 
 
 def argv_of(args: argparse.Namespace, task: str) -> list[str]:

@@ -1,0 +1,42 @@
+"""Benchmark helpers: Conv+BN folding keeps the outputs, results files merge by task."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from vision_tasks.backbone import Backbone
+from vision_tasks.benchmark import fuse_conv_bn, merge_results
+
+
+def test_folding_batchnorm_keeps_the_backbone_outputs() -> None:
+    torch.manual_seed(0)
+    model = Backbone("resnet18", weights="none").eval()
+    for module in model.modules():  # non-trivial statistics, or folding would be a no-op
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    fused = fuse_conv_bn(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    images = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected, got = model(images), fused(images)
+    for level in expected:
+        torch.testing.assert_close(got[level], expected[level], rtol=1e-4, atol=1e-4)
+
+
+def test_results_of_other_tasks_survive_a_new_run(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    first = merge_results(path, {"run": 1}, [{"task": "detect", "options": {"fuse": False}}], [])
+    path.write_text(json.dumps(first))
+    second = merge_results(
+        path,
+        {"run": 2},
+        [{"task": "detect", "options": {"fuse": True}}, {"task": "segment", "options": {}}],
+        [{"task": "detect", "headline": {"AP": 0.5}}],
+    )
+    runs = {(e["task"], json.dumps(e["options"])): e["environment"]["run"] for e in second["speed"]}
+    assert runs == {("detect", '{"fuse": false}'): 1, ("detect", '{"fuse": true}'): 2,
+                    ("segment", "{}"): 2}  # fmt: skip
+    assert [q["headline"] for q in second["quality"]] == [{"AP": 0.5}]
