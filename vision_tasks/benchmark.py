@@ -244,7 +244,15 @@ def quality(task: str, extra_args: list[str]) -> dict[str, Any]:
 
 def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
     """A plain-text table of the speed results, with changes against ``baseline``."""
-    old = {r["task"]: r for r in (baseline or {}).get("speed", [])}
+    def plain(entry: dict) -> bool:
+        options = entry.get("options") or {}
+        return not options.get("channels_last") and not options.get("fuse")
+
+    old: dict[tuple, dict] = {}  # (task, input) -> entry, preferring one without speed-ups
+    for entry in (baseline or {}).get("speed", []):
+        key = (entry.get("task"), tuple(entry.get("input", ())))
+        if key not in old or plain(entry) or not plain(old[key]):
+            old[key] = entry
     lines = [
         f"{'task':<11}{'input':<14}{'train img/s':>12}{'b1 ms':>9}{'b16 img/s':>10}"
         f"{'out/step':>9}{'out/b1':>8}{'RSS MiB':>9}"
@@ -261,8 +269,8 @@ def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None)
             f"{train['outside_backbone_share']:>9.0%}"
             f"{b1['outside_backbone_share']:>8.0%}{r['peak_rss_mib']:>9.0f}"
         )
-        if r["task"] in old and "train" in old[r["task"]]:
-            before = old[r["task"]]
+        before = old.get((r["task"], tuple(r["input"])), {})
+        if "train" in before:
             train_change = _change(before["train"]["images_per_s"], train["images_per_s"])
             b1_change = _change(before["latency_b1"]["median_ms"], b1["median_ms"])
             row += f"   (train img/s {train_change}, b1 ms {b1_change})"
