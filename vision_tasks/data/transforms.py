@@ -21,9 +21,22 @@ def letterbox(size: int) -> list[A.BasicTransform]:
     ]
 
 
-def photometric() -> list[A.BasicTransform]:
-    """Colour jitter that keeps labels valid for every task."""
+def photometric(colour_shift: float = 0.0) -> list[A.BasicTransform]:
+    """Colour jitter that keeps labels valid for every task.
+
+    ``colour_shift``: the probability of also swapping the colour channels, turning the hue
+    anywhere on its circle or dropping colour. For data where colour is no cue to the class: on
+    the synthetic default every shape category comes in many colours and validation objects wear
+    colours training never showed them, so a model left to learn "orange checks -> square"
+    fails there. Keep it 0 where colour does tell classes apart.
+    """
+    shift = [] if colour_shift <= 0 else [A.OneOf([
+        A.ChannelShuffle(p=1.0),
+        A.ColorJitter(brightness=0, contrast=0, saturation=0, hue=0.5, p=1.0),
+        A.ToGray(p=1.0),
+    ], p=colour_shift)]  # fmt: skip
     return [
+        *shift,
         A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8),
         A.GaussNoise(std_range=(0.01, 0.04), p=0.2),
     ]
@@ -34,7 +47,7 @@ def normalize_only() -> A.Compose:
     return A.Compose(_finish())
 
 
-def detect_transforms(train: bool) -> A.Compose:
+def detect_transforms(train: bool, colour_shift: float = 0.0) -> A.Compose:
     """Detection, applied to a letterboxed square: random scale / translate / flip / colour.
 
     Boxes are ``pascal_voc`` (x1, y1, x2, y2 pixels) with ``label`` and ``crowd`` fields; a box
@@ -46,21 +59,23 @@ def detect_transforms(train: bool) -> A.Compose:
         A.Affine(scale=(0.6, 1.5), translate_percent=(-0.15, 0.15), border_mode=cv2.BORDER_CONSTANT,
                  fill=114, p=0.8),
         A.HorizontalFlip(p=0.5),
-        *photometric(),
+        *photometric(colour_shift),
     ]  # fmt: skip
     boxes = A.BboxParams(format="pascal_voc", label_fields=["label", "crowd"], min_visibility=0.25,
                          min_area=4.0, clip=True, filter_invalid_bboxes=True)  # fmt: skip
     return A.Compose([*augment, *_finish()], bbox_params=boxes)
 
 
-def classify_transforms(size: int, train: bool, already_cropped: bool) -> A.Compose:
+def classify_transforms(
+    size: int, train: bool, already_cropped: bool, colour_shift: float = 0.0
+) -> A.Compose:
     """Classification: crops arrive at ``size`` already; whole images are letterboxed."""
     geometry = [] if already_cropped else letterbox(size)
     if train:
         augment = [
             A.HorizontalFlip(p=0.5),
             A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08), rotate=(-15, 15), p=0.7),
-            *photometric(),
+            *photometric(colour_shift),
         ]
         return A.Compose([*geometry, *augment, *_finish()])
     return A.Compose([*geometry, *_finish()])

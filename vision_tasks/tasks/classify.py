@@ -40,12 +40,13 @@ class ClassifyDataset(Dataset):
         train: bool,
         mode: Literal["image", "crop"] = "crop",
         crop_margin: float = 0.15,
+        colour_shift: float = 0.0,
     ) -> None:
         self.index = index
         self.image_size = image_size
         self.mode = mode
         self.crop_margin = crop_margin
-        self.transform = classify_transforms(image_size, train, already_cropped=mode == "crop")
+        self.transform = classify_transforms(image_size, train, mode == "crop", colour_shift)
         self.samples = self._crop_samples() if mode == "crop" else self._image_samples()
 
     def _image_samples(self) -> list[tuple[int, dict]]:
@@ -88,7 +89,8 @@ class ClassifyDataset(Dataset):
 
 
 class ClassifyData(VisionDataModule):
-    """Classification data: the shared splits plus ``mode`` and ``crop_margin``."""
+    """Classification data: the shared splits plus ``mode``, ``crop_margin`` and ``colour_shift``
+    (:func:`vision_tasks.data.transforms.photometric`)."""
 
     def __init__(
         self,
@@ -107,6 +109,7 @@ class ClassifyData(VisionDataModule):
         synthetic_val: int = 120,
         mode: Literal["image", "crop"] = "crop",
         crop_margin: float = 0.15,
+        colour_shift: float = 0.0,
     ) -> None:
         super().__init__(
             train_json, train_images, val_json, val_images, test_json, test_images, image_size,
@@ -114,10 +117,13 @@ class ClassifyData(VisionDataModule):
         )  # fmt: skip
         self.mode = mode
         self.crop_margin = crop_margin
+        self.colour_shift = colour_shift
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """One sample per image or per annotation box."""
-        return ClassifyDataset(index, self.image_size, train, self.mode, self.crop_margin)
+        return ClassifyDataset(
+            index, self.image_size, train, self.mode, self.crop_margin, self.colour_shift
+        )
 
 
 # ---- head and loss ------------------------------------------------------------------------------

@@ -45,11 +45,13 @@ class DetectDataset(Dataset):
     pixels back to the original image (``ops.unletterbox_boxes``).
     """
 
-    def __init__(self, index: CocoIndex, image_size: int, train: bool) -> None:
+    def __init__(
+        self, index: CocoIndex, image_size: int, train: bool, colour_shift: float = 0.0
+    ) -> None:
         self.index = index
         self.image_size = image_size
         self.train = train
-        self.transform = detect_transforms(train)
+        self.transform = detect_transforms(train, colour_shift)
 
     def __len__(self) -> int:
         return len(self.index.image_ids)
@@ -101,7 +103,8 @@ def collate_detection(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class DetectData(VisionDataModule):
-    """Detection data: the shared splits, letterboxed to ``image_size``."""
+    """Detection data: the shared splits, letterboxed to ``image_size``; ``colour_shift`` as in
+    :func:`vision_tasks.data.transforms.photometric`."""
 
     def __init__(
         self,
@@ -118,15 +121,17 @@ class DetectData(VisionDataModule):
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,
+        colour_shift: float = 0.0,
     ) -> None:
         super().__init__(
             train_json, train_images, val_json, val_images, test_json, test_images, image_size,
             batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
         )  # fmt: skip
+        self.colour_shift = colour_shift
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """Every image of the split (images without objects are negatives)."""
-        return DetectDataset(index, self.image_size, train)
+        return DetectDataset(index, self.image_size, train, self.colour_shift)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Ragged boxes per image: see :func:`collate_detection`."""
