@@ -48,3 +48,21 @@ def test_unknown_task_and_unknown_config_key_fail_clearly(data_args, capsys) -> 
     with pytest.raises(SystemExit):
         train_main(["--task", "classify", "--model.not_a_parameter", "1", *data_args])
     assert "not_a_parameter" in capsys.readouterr().err
+
+
+def test_predict_on_a_coco_file_keeps_its_image_ids(trained_runs, tiny_coco, tmp_path) -> None:
+    from pycocotools.coco import COCO
+
+    from vision_tasks.cli import predict_main
+
+    checkpoint = trained_runs["detect"] / "checkpoints" / "last.ckpt"
+    predict_main(["--coco", str(tiny_coco.val_json), "--images", str(tiny_coco.val_images),
+                  "--ckpt", str(checkpoint), "--output", str(tmp_path)])  # fmt: skip
+    truth = COCO(str(tiny_coco.val_json))
+    files = json.loads((tmp_path / "files.json").read_text())
+    assert {int(k): v.rsplit("/", 1)[-1] for k, v in files.items()} == {
+        i["id"]: i["file_name"] for i in truth.dataset["images"]
+    }
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results and {r["image_id"] for r in results} <= set(truth.getImgIds())
+    truth.loadRes(str(tmp_path / "results.json"))  # COCOeval-ready against the same file

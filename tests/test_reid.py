@@ -446,3 +446,46 @@ def test_test_run_reports_metrics_and_a_consistent_retrieval_grid(tiny_coco, tmp
         for caption, ok in zip(captions[1:], grid["ok"][row * columns + 1 :]):
             if caption:
                 assert ok == (caption.split()[2] == query_id)
+
+
+def test_predict_on_a_coco_file_embeds_every_box_as_evaluation_does(
+    trained_runs, tiny_coco, tmp_path
+) -> None:
+    from vision_tasks.cli import load_task_checkpoint, predict_main
+
+    checkpoint = trained_runs["reid"] / "checkpoints" / "last.ckpt"
+    out = tmp_path / "embeddings"
+    predict_main([
+        "--coco", str(tiny_coco.val_json), "--images", str(tiny_coco.val_images),
+        "--ckpt", str(checkpoint), "--output", str(out), "--batch-size", "5",
+    ])  # fmt: skip
+    listing = json.loads((out / "embeddings.json").read_text())
+    embeddings = np.load(out / "embeddings.npy")
+    boxes = [a for a in json.loads(tiny_coco.val_json.read_text())["annotations"]
+             if not a.get("iscrowd")]  # fmt: skip
+    assert [r["annotation_id"] for r in listing["annotations"]] == [a["id"] for a in boxes]
+    assert embeddings.shape == (len(boxes), listing["dim"])
+    assert [r["identity"] for r in listing["annotations"]] == [a.get("track_id") for a in boxes]
+
+    # The rows of identity-carrying boxes are what evaluation computes for the same crops.
+    model = load_task_checkpoint(checkpoint)
+    data = torch.load(checkpoint, weights_only=True)["datamodule_hyper_parameters"]
+    dataset = ReidDataset(CocoIndex(tiny_coco.val_json, tiny_coco.val_images),
+                          model.hparams.image_size, False, model.hparams.crop_aspect_ratio,
+                          crop_margin=data["crop_margin"])  # fmt: skip
+    row = {r["annotation_id"]: i for i, r in enumerate(listing["annotations"])}
+    samples = [dataset[i] for i in range(len(dataset))]
+    with torch.inference_mode():
+        expected = model(torch.stack([s["image"] for s in samples]))["embedding"].numpy()
+    got = embeddings[[row[s["annotation_id"]] for s in samples]]
+    assert len(samples) > 0 and got == pytest.approx(expected, abs=1e-5)
+
+
+def test_predict_needs_images_or_a_coco_file_not_both(trained_runs, tiny_coco) -> None:
+    from vision_tasks.cli import predict_main
+
+    checkpoint = str(trained_runs["reid"] / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit):
+        predict_main(["--ckpt", checkpoint])
+    with pytest.raises(SystemExit):
+        predict_main(["--coco", str(tiny_coco.val_json), "--ckpt", checkpoint])  # no --images

@@ -221,12 +221,16 @@ def collate_predict(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def predict_main(argv: list[str] | None = None) -> list[Path]:
-    """``tools/predict.py --ckpt PATH IMAGES_OR_FOLDERS... [--output DIR]``."""
-    from vision_tasks.data.coco import read_image, write_results_json
+    """``tools/predict.py --ckpt PATH (IMAGES_OR_FOLDERS... | --coco JSON --images DIR)``."""
+    from vision_tasks.data.coco import CocoIndex, read_image, write_results_json
     from vision_tasks.utils import atomic_write_json
 
     parser = argparse.ArgumentParser(description=predict_main.__doc__)
-    parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    parser.add_argument("inputs", nargs="*", type=Path, help="image files or folders")
+    parser.add_argument("--coco", type=Path,
+                        help="a COCO JSON instead of IMAGES: results keep its image ids (re-ID: "
+                             "embeddings of its annotated boxes)")  # fmt: skip
+    parser.add_argument("--images", type=Path, help="folder the --coco file_names are relative to")
     parser.add_argument("--ckpt", required=True, type=Path)
     parser.add_argument("--task", choices=sorted(TASKS), help="check the checkpoint's task")
     parser.add_argument("--output", type=Path, default=Path("predictions"))
@@ -235,6 +239,10 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
                         help="onnx: run the graph written by tools/export.py with onnxruntime")
     parser.add_argument("--onnx", type=Path, help="the .onnx file (default: beside --ckpt)")
     args = parser.parse_args(argv)
+    if bool(args.inputs) == bool(args.coco):
+        parser.error("give image files / folders, or --coco JSON --images DIR (one of the two)")
+    if args.coco and args.images is None:
+        parser.error("--coco needs --images: the folder its file_names are relative to")
     model = load_task_checkpoint(args.ckpt, args.task)
     network = model
     if args.engine == "onnx":
@@ -244,26 +252,45 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
         if not onnx_path.is_file():
             raise SystemExit(f"{onnx_path} not found: run tools/export.py --ckpt {args.ckpt} first")
         network = OnnxRunner(onnx_path)
-    files = _image_files(args.inputs)
+    index = None
+    if args.coco:
+        try:
+            index = CocoIndex(args.coco, args.images)
+            if hasattr(model, "predict_coco"):  # per-box outputs (re-ID embeddings)
+                saved = torch.load(args.ckpt, map_location="cpu", weights_only=True, mmap=True)
+                args.output.mkdir(parents=True, exist_ok=True)
+                written = model.predict_coco(index, network, args.output, args.batch_size,
+                                             saved.get("datamodule_hyper_parameters", {}))
+                print(f"{args.coco} -> {args.output}/ ({', '.join(p.name for p in written)})")
+                return written
+        except CocoDataError as error:
+            raise SystemExit(f"error: {error}") from None
+        image_ids = list(index.image_ids)
+        files = [index.image_path(image_id) for image_id in image_ids]
+    else:
+        files = _image_files(args.inputs)
+        image_ids = list(range(1, len(files) + 1))  # 1-based, in file order (see files.json)
     args.output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     records: list[dict[str, Any]] = []
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
+        ids = image_ids[start : start + args.batch_size]
         try:
-            images = [read_image(path) for path in chunk]
+            images = [index.load_image(i) if index is not None else read_image(p)
+                      for i, p in zip(ids, chunk)]  # fmt: skip
         except CocoDataError as error:
             raise SystemExit(f"error: {error}") from None
         samples = [model.predict_sample(image) for image in images]
-        for offset, sample in enumerate(samples):
-            sample["image_id"] = start + offset + 1  # 1-based, in file order (see files.json)
+        for sample, image_id in zip(samples, ids):
+            sample["image_id"] = image_id
         batch = collate_predict(samples)
         with torch.inference_mode():
             predictions = model.decode(network(batch["image"]), batch)
         written += model.write_predictions(predictions, images, [p.name for p in chunk],
                                            args.output)  # fmt: skip
         records += model.to_results(predictions)
-    names = {index + 1: str(path) for index, path in enumerate(files)}
+    names = {image_id: str(path) for image_id, path in zip(image_ids, files)}
     written.append(atomic_write_json(args.output / "files.json", names))
     written.append(write_results_json(records, args.output / "results.json"))
     print(f"{len(files)} images -> {args.output}/ ({len(written)} files written; results.json "

@@ -147,7 +147,7 @@ _MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
 def segment_transforms(
     size: int, crop_size: int, train: bool, scale_range: tuple[float, float] = (0.75, 1.25),
-    ignore_index: int = 255, square: bool = True,
+    ignore_index: int = 255, square: bool = True, colour_shift: float = 0.0,
 ) -> A.Compose:  # fmt: skip
     """Semantic segmentation: image + ``mask`` label map; masks only ever use nearest resampling.
 
@@ -176,6 +176,6 @@ def segment_transforms(
         A.RandomCrop(crop_size, crop_size, pad_if_needed=True, pad_position="random",
                      border_mode=cv2.BORDER_CONSTANT, fill=_MEAN_RGB, fill_mask=ignore_index),
         A.HorizontalFlip(p=0.5),
-        *photometric(),
+        *photometric(colour_shift),
     ]  # fmt: skip
     return A.Compose([resize, *augment, *_finish()])

@@ -105,7 +105,7 @@ class SegmentDataset(Dataset):
 
     def __init__(
         self, index: CocoIndex, image_size: int, crop_size: int, train: bool,
-        scale_range: tuple[float, float] = (0.75, 1.25),
+        scale_range: tuple[float, float] = (0.75, 1.25), colour_shift: float = 0.0,
     ) -> None:  # fmt: skip
         if index.num_classes + 1 > IGNORE_INDEX:
             raise CocoDataError(f"{index.json_path.name}: {index.num_classes} categories; "
@@ -115,7 +115,8 @@ class SegmentDataset(Dataset):
         self.train = train
         # Evaluation pads each image only to the network stride: no compute spent on a square.
         self.transform = segment_transforms(image_size, crop_size, train, scale_range,
-                                            IGNORE_INDEX, square=False)  # fmt: skip
+                                            IGNORE_INDEX, square=False,
+                                            colour_shift=colour_shift)  # fmt: skip
         self.image_ids = list(index.image_ids)
 
     def __len__(self) -> int:
@@ -165,7 +166,8 @@ class SegmentData(VisionDataModule):
     """Segmentation data: the shared splits plus the training crop and scale range.
 
     ``image_size`` is the long side images are resized to; ``crop_size`` the side of the square
-    training crops cut after a random rescale by a factor in [``scale_min``, ``scale_max``].
+    training crops cut after a random rescale by a factor in [``scale_min``, ``scale_max``];
+    ``colour_shift`` as in :func:`vision_tasks.data.transforms.photometric`.
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class SegmentData(VisionDataModule):
         crop_size: int = 256,
         scale_min: float = 0.75,
         scale_max: float = 1.25,
+        colour_shift: float = 0.0,
     ) -> None:
         super().__init__(
             train_json, train_images, val_json, val_images, test_json, test_images, image_size,
@@ -195,10 +198,12 @@ class SegmentData(VisionDataModule):
             raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
         self.crop_size = crop_size
         self.scale_range = (scale_min, scale_max)
+        self.colour_shift = colour_shift
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """One sample per image: augmented crops for training, whole images otherwise."""
-        return SegmentDataset(index, self.image_size, self.crop_size, train, self.scale_range)
+        return SegmentDataset(index, self.image_size, self.crop_size, train, self.scale_range,
+                              self.colour_shift)  # fmt: skip
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack; evaluation images (sizes may differ) are padded bottom/right with 0 (the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vision_tasks import ops
 from vision_tasks.backbone import Backbone
-from vision_tasks.data.coco import CocoDataError
+from vision_tasks.data.coco import CocoDataError, CocoIndex
 from vision_tasks.data.transforms import reid_transforms
 from vision_tasks.evaluation.metrics import ReidMetric
 from vision_tasks.evaluation.report import Figure, Report
@@ -247,6 +249,60 @@ class ReidTask(BaseTask):
         listing = {"files": list(names), "dim": int(rows.shape[1]), "normalized": True}
         atomic_write_json(names_path, listing)
         return [array_path, names_path]
+
+    def predict_coco(
+        self,
+        index: CocoIndex,
+        network: Callable[[Tensor], Any],
+        out_dir: Path,
+        batch_size: int,
+        data_hparams: dict[str, Any],
+    ) -> list[Path]:
+        """Embed every non-crowd box of a COCO file, cropped as in evaluation.
+
+        Writes ``embeddings.npy`` (N, D) and ``embeddings.json``: one record per row with the
+        annotation, image and category ids, and the identity and camera where the data has them
+        (fields named as at training: ``identity_field``, ``camera_field``).
+        """
+        margin = data_hparams.get("crop_margin", 0.1)
+        identity_field = data_hparams.get("identity_field", "track_id")
+        camera_field = data_hparams.get("camera_field", "camera_id")
+        size = crop_size(self.hparams.image_size, self.hparams.crop_aspect_ratio)
+        transform = reid_transforms(size[1], size[0], train=False)
+        records: list[dict[str, Any]] = []
+        rows: list[np.ndarray] = []
+        pending: list[Tensor] = []
+
+        def embed_pending() -> None:
+            batch = {"image_id": torch.as_tensor([r["image_id"] for r in records[-len(pending):]])}
+            with torch.inference_mode():
+                predictions = self.decode(network(torch.stack(pending)), batch)
+            rows.extend(p["embedding"] for p in predictions)
+            pending.clear()
+
+        for image_id in index.image_ids:
+            image, info = index.load_image(image_id), index.image_info(image_id)
+            for ann in index.annotations(image_id, include_crowd=False):
+                x, y, w, h = ann["bbox"]
+                matrix = ops.box_affine([x, y, x + w, y + h], size, margin=margin)
+                pending.append(transform(image=ops.crop_affine(image, matrix, size))["image"])
+                records.append({"annotation_id": ann["id"], "image_id": image_id,
+                                "category_id": ann["category_id"],
+                                "identity": ann.get(identity_field),
+                                "camera": info.get(camera_field)})  # fmt: skip
+                if len(pending) == batch_size:
+                    embed_pending()
+        if pending:
+            embed_pending()
+        if not records:
+            raise CocoDataError(f"{index.json_path}: no non-crowd annotations to embed")
+        out_dir = Path(out_dir)
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack(rows).astype(np.float32))
+        listing = {"annotations": records, "dim": int(rows[0].shape[0]), "normalized": True,
+                   "source": str(index.json_path)}  # fmt: skip
+        return [atomic_write_bytes(out_dir / "embeddings.npy", buffer.getvalue()),
+                atomic_write_json(out_dir / "embeddings.json", listing)]  # fmt: skip
 
     # ---- report -----------------------------------------------------------------------------
     def build_report(self, values: dict[str, Any], samples: list) -> Report:
