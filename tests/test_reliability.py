@@ -141,3 +141,30 @@ def test_last_checkpoint_follows_every_epoch_even_when_the_metric_stalls(data_ar
     [best] = (run / "checkpoints").glob("best-*.ckpt")
     assert best.name == f"best-{best_epoch:03d}.ckpt"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+
+
+def test_channels_last_callback_trains_in_nhwc_to_the_same_result(
+    data_args, tmp_path, monkeypatch
+) -> None:
+    seen = []
+    original = ClassifyTask.training_step
+
+    def probe(self, batch, batch_idx):
+        stem_weight, nhwc = self.backbone.stem[0].weight, torch.channels_last
+        seen.append((batch["image"].is_contiguous(memory_format=nhwc),
+                     stem_weight.is_contiguous(memory_format=nhwc)))  # fmt: skip
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifyTask, "training_step", probe)
+    args = ["--task", "classify", *data_args, "--data.num_workers", "0", "--data.batch_size", "4",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", *QUIET]  # fmt: skip
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "nhwc").mkdir()
+    plain = _train_in(tmp_path / "plain", args)
+    assert seen and not any(image or weight for image, weight in seen)
+    seen.clear()
+    callback = "--trainer.callbacks+=vision_tasks.utils.ChannelsLast"
+    nhwc = _train_in(tmp_path / "nhwc", [*args, callback])
+    assert seen and all(image and weight for image, weight in seen)
+    # Same arithmetic in another memory layout: the metrics agree to float noise.
+    assert _headline(nhwc) == pytest.approx(_headline(plain), abs=1e-4)

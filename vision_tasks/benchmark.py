@@ -98,7 +98,9 @@ def build(task: str, image_size: int | None, batch_size: int, split: str = "trai
     return model, batch
 
 
-def loader_speed(task: str, workers: tuple[int, ...] = (0, 1, 2), batches: int = 8) -> dict:
+def loader_speed(
+    task: str, image_size: int | None = None, workers: tuple[int, ...] = (0, 1, 2), batches: int = 8
+) -> dict:
     """Training-loader images/s (decode + augmentation + collate) per ``num_workers``, and the
     seconds to the first batch (worker start-up, paid every epoch), timed apart.
 
@@ -108,7 +110,8 @@ def loader_speed(task: str, workers: tuple[int, ...] = (0, 1, 2), batches: int =
 
     config, speed, startup = _task_config(task), {}, {}
     for count in workers:
-        data = TASKS[task].data(**{**config["data"], "num_workers": count})
+        sized = {"image_size": image_size} if image_size else {}
+        data = TASKS[task].data(**{**config["data"], **sized, "num_workers": count})
         data.setup("fit")
         start = time.perf_counter()
         iterator = iter(data.train_dataloader())
@@ -189,7 +192,7 @@ def speed(
             bare = timed(partial(inference_model.backbone, sub["image"]), repeats, warmup)
             result[name] = _with_share(full, bare, size)
     result["peak_rss_mib"] = peak_rss_mib()
-    result["loader"] = loader_speed(task)
+    result["loader"] = loader_speed(task, image_size)
     return result
 
 

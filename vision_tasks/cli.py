@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from vision_tasks.data.coco import CocoDataError
 from vision_tasks.tasks import TASKS
 from vision_tasks.tasks.base import BaseTask
+from vision_tasks.utils import ChannelsLast
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -189,7 +190,7 @@ def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
     default_dir = args.ckpt.parent.parent if args.ckpt.parent.name == "checkpoints" else Path(".")
     model.report_dir = str(args.output or default_dir / "report")
     trainer = L.Trainer(accelerator=args.accelerator, devices=1, logger=False,
-                        enable_checkpointing=False)  # fmt: skip
+                        enable_checkpointing=False, callbacks=[ChannelsLast()])  # fmt: skip
     trainer.test(model, datamodule=data, verbose=False)
     print_summary(model, str(args.ckpt))
     return model.test_report.headline if model.test_report else {}
@@ -244,7 +245,7 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
     if args.coco and args.images is None:
         parser.error("--coco needs --images: the folder its file_names are relative to")
     model = load_task_checkpoint(args.ckpt, args.task)
-    network = model
+    network = model.to(memory_format=torch.channels_last)  # NHWC: faster inference on CPU
     if args.engine == "onnx":
         from vision_tasks.export import OnnxRunner
 
@@ -285,6 +286,8 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
         for sample, image_id in zip(samples, ids):
             sample["image_id"] = image_id
         batch = collate_predict(samples)
+        if args.engine == "torch":
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             predictions = model.decode(network(batch["image"]), batch)
         written += model.write_predictions(predictions, images, [p.name for p in chunk],
