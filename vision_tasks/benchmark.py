@@ -149,6 +149,7 @@ def speed(
     warmup: int = 2,
     channels_last: bool = False,
     fuse: bool = False,
+    grad_mode: str = "inference",
 ) -> dict[str, Any]:
     """Training step, batch-1 latency and batch-16 throughput of a task and of its backbone."""
     torch.manual_seed(0)
@@ -183,7 +184,7 @@ def speed(
         "fused_conv_bn": fuse,
         "train": _with_share(full_train, backbone_train, images.shape[0]),
     }
-    with torch.inference_mode():
+    with torch.inference_mode() if grad_mode == "inference" else torch.no_grad():
         if fuse:
             result["fusion_max_abs_diff"] = _max_abs_diff(model(images), inference_model(images))
         for name, size in (("latency_b1", 1), ("throughput_b16", 16)):
@@ -252,7 +253,7 @@ def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None)
     """A plain-text table of the speed results, with changes against ``baseline``."""
     def plain(entry: dict) -> bool:
         options = entry.get("options") or {}
-        return not options.get("channels_last") and not options.get("fuse")
+        return not (options.get("channels_last") or options.get("fuse") or options.get("grad_mode"))
 
     old: dict[tuple, dict] = {}  # (task, input) -> entry, preferring one without speed-ups
     for entry in (baseline or {}).get("speed", []):
@@ -335,6 +336,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also train each task's budgeted default and record its headline",
     )
+    parser.add_argument(
+        "--grad-mode",
+        choices=["inference", "no_grad"],
+        default="inference",
+        help="inference: torch.inference_mode (what predict uses); no_grad: for comparison",
+    )
     parser.add_argument("--no-speed", action="store_true", help="skip the speed measurements")
     parser.add_argument(
         "--output",
@@ -353,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         "warmup": args.warmup,
         "channels_last": args.channels_last,
         "fuse": args.fuse,
+        **({"grad_mode": args.grad_mode} if args.grad_mode != "inference" else {}),
     }
     if args.worker:  # one task in this process: print its JSON for the parent
         print(json.dumps(speed(tasks[0], **options)))
@@ -407,6 +415,7 @@ def argv_of(args: argparse.Namespace, task: str) -> list[str]:
     if args.image_size is not None:
         argv += ["--image-size", str(args.image_size)]
     argv += ["--channels-last"] * args.channels_last + ["--fuse"] * args.fuse
+    argv += ["--grad-mode", args.grad_mode]
     return argv
 
 
