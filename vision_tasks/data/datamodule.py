@@ -270,6 +270,7 @@ class VisionDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.current_epoch, trainer.global_rank) if trainer is not None else (0, 0)
 
+
 def _split(json_path: str | None, images: str | None, name: str) -> tuple[str, str] | None:
     if json_path is None:
         return None
