@@ -181,6 +181,26 @@ def test_loss_ignores_unknown_pixels_and_matches_weighted_cross_entropy() -> Non
     assert float(segmentation_loss(perfect, target, None, 1.0)["dice"]) < 1e-3
 
 
+def test_auxiliary_loss_trains_only_and_is_the_c4_cross_entropy() -> None:
+    model = SegmentTask(categories=CATEGORIES, decoder_channels=(16, 16, 8, 8, 8), aux_weight=0.4)
+    images = torch.randn(2, 3, 45, 70, generator=torch.Generator().manual_seed(2))
+    target = torch.randint(0, 4, (2, 45, 70), generator=torch.Generator().manual_seed(3))
+    target[:, :5] = IGNORE_INDEX
+    model.train()
+    losses = model.compute_loss(model(images), {"mask": target})
+    padded = F.pad(images, (0, 26, 0, 19))  # to the stride: 64 x 96
+    aux_logits = model.aux_head(model.backbone(padded)["c4"])
+    aux_logits = F.interpolate(aux_logits, size=(64, 96), mode="bilinear")[..., :45, :70]
+    expected = F.cross_entropy(aux_logits, target, ignore_index=IGNORE_INDEX)
+    assert float(losses["aux"]) == pytest.approx(float(expected), rel=1e-4)
+    total = losses["ce"] + 0.4 * losses["aux"]
+    assert float(losses["loss"]) == pytest.approx(float(total), rel=1e-6)
+    model.eval()
+    with torch.no_grad():
+        evaluated = model.compute_loss(model(images), {"mask": target})
+    assert "aux" not in evaluated and float(evaluated["loss"]) == float(evaluated["ce"])
+
+
 def test_masks_are_never_interpolated_and_padding_is_ignored() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (61, 83, 3), dtype=np.uint8)

@@ -177,7 +177,13 @@ def render_image_grid(figure: Figure) -> bytes:
     ok = figure.data.get("ok", [None] * len(images))
     columns = min(len(images), figure.data.get("columns", 4)) or 1
     rows = max(1, math.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    # Cells follow the images' shape: side-by-side panels (image | truth | prediction) are
+    # wide and short, and square cells would shrink them into a column of white space.
+    aspect = float(np.median([im.shape[0] / im.shape[1] for im in images])) if images else 1.0
+    cell_width = 3.2 if aspect > 0.5 else 6.4
+    cell_height = cell_width * aspect + 0.4  # + the caption line
+    fig, axes = plt.subplots(rows, columns, figsize=(cell_width * columns, cell_height * rows),
+                             squeeze=False)  # fmt: skip
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption, good in zip(axes.flat, images, captions, ok):

@@ -34,7 +34,7 @@ from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import segment_transforms
 from vision_tasks.evaluation.metrics import SegmentationMetric
 from vision_tasks.evaluation.report import Figure, Report
-from vision_tasks.layers import UNetDecoder
+from vision_tasks.layers import ConvBNAct, UNetDecoder
 from vision_tasks.tasks.base import BaseTask
 
 IGNORE_INDEX = 255
@@ -321,6 +321,9 @@ class SegmentTask(BaseTask):
             fewer end coarser and the logits are upsampled bilinearly).
         dice_weight: weight of the Dice loss added to the cross-entropy (0: off).
         class_weights: optional cross-entropy weight per class, background first.
+        aux_weight: weight of an auxiliary cross-entropy on c4 (PSPNet's deep supervision),
+            which trains the deep layers to tell classes apart from the first steps; training
+            only, 0 turns it off.
         (the rest: see :class:`BaseTask`)
     """
 
@@ -335,6 +338,7 @@ class SegmentTask(BaseTask):
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
         dice_weight: float = 0.0,
         class_weights: tuple[float, ...] | None = None,
+        aux_weight: float = 0.0,
         backbone: str = "resnet18",
         backbone_weights: str = "none",
         freeze_at: int = 0,
@@ -361,6 +365,11 @@ class SegmentTask(BaseTask):
         self.register_buffer("class_weights", weights, persistent=False)
         self.head = SegmentHead(self.backbone.out_channels, self.num_classes,
                                 tuple(decoder_channels))  # fmt: skip
+        self.aux_head = None
+        if aux_weight > 0:
+            self.aux_head = nn.Sequential(ConvBNAct(self.backbone.out_channels["c4"], 64),
+                                          nn.Conv2d(64, self.num_classes, 1))  # fmt: skip
+        self._aux_logits: Tensor | None = None
         self.val_metric = SegmentationMetric(self.num_classes, IGNORE_INDEX)
         self.test_metric = SegmentationMetric(self.num_classes, IGNORE_INDEX)
 
@@ -373,16 +382,30 @@ class SegmentTask(BaseTask):
         height, width = images.shape[-2:]
         pad_h, pad_w = -height % NETWORK_STRIDE, -width % NETWORK_STRIDE
         padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
-        logits = self.head(self.backbone(padded))
-        if logits.shape[-2:] != padded.shape[-2:]:
-            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear",
-                                   align_corners=False)  # fmt: skip
-        return logits[..., :height, :width]
+        features = self.backbone(padded)
+        logits = self._to_input_size(self.head(features), padded.shape[-2:], (height, width))
+        if self.training and self.aux_head is not None:
+            # Kept for compute_loss: the forward's output stays the logits alone, so export,
+            # prediction and evaluation never see the auxiliary branch.
+            self._aux_logits = self._to_input_size(self.aux_head(features["c4"]),
+                                                   padded.shape[-2:], (height, width))  # fmt: skip
+        return logits
+
+    @staticmethod
+    def _to_input_size(logits: Tensor, padded_hw: Any, input_hw: tuple[int, int]) -> Tensor:
+        if logits.shape[-2:] != padded_hw:
+            logits = F.interpolate(logits, size=padded_hw, mode="bilinear", align_corners=False)
+        return logits[..., : input_hw[0], : input_hw[1]]
 
     def compute_loss(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Cross-entropy (+ Dice) against the network-size ``mask``."""
-        return segmentation_loss(outputs, batch["mask"], self.class_weights,
-                                 self.hparams.dice_weight)  # fmt: skip
+        """Cross-entropy (+ Dice, + auxiliary c4 cross-entropy) against the network-size mask."""
+        losses = segmentation_loss(outputs, batch["mask"], self.class_weights,
+                                   self.hparams.dice_weight)  # fmt: skip
+        aux_logits, self._aux_logits = self._aux_logits, None
+        if aux_logits is not None:
+            losses["aux"] = segmentation_loss(aux_logits, batch["mask"], self.class_weights)["ce"]
+            losses["loss"] = losses["loss"] + self.hparams.aux_weight * losses["aux"]
+        return losses
 
     def update_metric(self, metric: SegmentationMetric, outputs: Tensor, batch: dict) -> None:
         """Confusion matrix at the original resolution (``mask_original``)."""
