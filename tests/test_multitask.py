@@ -211,3 +211,48 @@ def test_bad_configuration_fails_clearly(data, tiny_coco) -> None:
     with pytest.raises(ValueError, match="train_images"):
         MultiTaskData([str(tiny_coco.train_json)] * 2, [str(tiny_coco.train_images)],
                       str(tiny_coco.val_json), str(tiny_coco.val_images))  # fmt: skip
+
+
+def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
+    trained_runs, tmp_path
+) -> None:
+    from vision_tasks.cli import evaluate_main
+
+    joint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
+    single = trained_runs["detect"] / "checkpoints" / "last.ckpt"
+    headline = evaluate_main(["--task", "multitask", "--ckpt", str(joint), "--output",
+                              str(tmp_path), "--compare", f"detect={single}",
+                              "--timing-images", "2"])  # fmt: skip
+    assert {"detect/AP", "segment/miou", "keypoints_gt/AP", "reid/rank1", "reid/mAP"} <= set(
+        headline)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["task"] == "multitask"
+    assert "keypoints_detected/instances" in report["metrics"]  # AP on detected boxes, when any
+    rows = report["tables"]["single_task_comparison"]
+    assert [(r["head"], r["metric"]) for r in rows] == [("detect", "AP"), ("detect", "AP50")]
+    single_report = json.loads((tmp_path / "single_detect" / "report.json").read_text())
+    assert rows[0]["single_task"] == pytest.approx(single_report["headline"]["AP"])
+    assert rows[0]["joint"] == pytest.approx(headline["detect/AP"])
+    times = {r["model"]: r["value"] for r in report["tables"]["inference_time"]}
+    assert times["joint"] > 0 and times["detect"] > 0 and times["speedup"] > 0
+    assert "single_task_comparison" in (tmp_path / "report.md").read_text().replace(" ", "_").lower()
+
+
+def test_predict_writes_one_results_file_per_head_and_one_drawing_per_image(
+    trained_runs, tiny_coco, tmp_path
+) -> None:
+    from vision_tasks.cli import predict_main
+    from vision_tasks.data.coco import CocoIndex, load_results
+
+    checkpoint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
+    predict_main(["--coco", str(tiny_coco.val_json), "--images", str(tiny_coco.val_images),
+                  "--ckpt", str(checkpoint), "--output", str(tmp_path)])  # fmt: skip
+    index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
+    for head in ("detect", "segment", "keypoints"):
+        records = json.loads((tmp_path / f"results_{head}.json").read_text())
+        load_results(index, records)  # COCO.loadRes accepts it (an empty list is handled)
+    assert json.loads((tmp_path / "results_detect.json").read_text())  # 0.001 threshold: some
+    reid = json.loads((tmp_path / "results_reid.json").read_text())
+    assert all(len(r["embedding"]) == 64 and "identity" in r for r in reid)
+    drawings = sorted(p.stem for p in tmp_path.glob("*.jpg"))
+    assert drawings == sorted(Path(i["file_name"]).stem for i in index.coco.dataset["images"])
