@@ -1,4 +1,4 @@
-"""Joint multi-task model: one shared forward, per-sample masked losses, loss weighting, mixed files."""
+"""Joint multi-task model: one shared forward, masked losses, loss weighting, mixed files."""
 
 from __future__ import annotations
 
@@ -235,7 +235,7 @@ def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
     assert rows[0]["joint"] == pytest.approx(headline["detect/AP"])
     times = {r["model"]: r["value"] for r in report["tables"]["inference_time"]}
     assert times["joint"] > 0 and times["detect"] > 0 and times["speedup"] > 0
-    assert "single_task_comparison" in (tmp_path / "report.md").read_text().replace(" ", "_").lower()
+    assert "## Single task comparison" in (tmp_path / "report.md").read_text()
 
 
 def test_predict_writes_one_results_file_per_head_and_one_drawing_per_image(

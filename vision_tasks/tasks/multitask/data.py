@@ -101,23 +101,23 @@ class MultiTaskDataset(Dataset):
         anns = self.index.annotations(image_id)
         height, width = image.shape[:2]
         square, scale, pad_x, pad_y = ops.letterbox_image(image, self.image_size)
-        label = (semantic_label_map(self.index.coco, anns, self.cat_to_index, height, width)
-                 if self.has_masks else np.full((height, width), IGNORE_INDEX, np.uint8))
-        mask = ops.letterbox_label_map(label, self.image_size, IGNORE_INDEX)  # fmt: skip
+        if self.has_masks:
+            label = semantic_label_map(self.index.coco, anns, self.cat_to_index, height, width)
+        else:  # a file without masks: every pixel unknown
+            label = np.full((height, width), IGNORE_INDEX, np.uint8)
+        mask = ops.letterbox_label_map(label, self.image_size, IGNORE_INDEX)
         instances = self._instances(anns, scale, (pad_x, pad_y))
         if self.train:
             tensor, mask, instances = self._augment(square, mask, instances)
         else:
             tensor = self.transform(image=square)["image"]
-        sample = {
-            **{k: torch.as_tensor(v) for k, v in instances.items() if k != "original"},
-            "image": tensor, "mask": torch.as_tensor(mask).long(),
-            "has_mask": self.has_masks, "class_mask": self.class_mask,
-            "image_label": self._image_label(info, anns), "camera": _int_or(info.get(
-                self.camera_field), -1),
-            "image_id": image_id, "scale": scale, "pad": (pad_x, pad_y), "orig_size": (height,
-                                                                                        width),
-        }  # fmt: skip
+        sample = {k: torch.as_tensor(v) for k, v in instances.items() if k != "original"}
+        sample.update(
+            image=tensor, mask=torch.as_tensor(mask).long(), has_mask=self.has_masks,
+            class_mask=self.class_mask, image_label=self._image_label(info, anns),
+            camera=_int_or(info.get(self.camera_field), -1), image_id=image_id, scale=scale,
+            pad=(pad_x, pad_y), orig_size=(height, width),
+        )  # fmt: skip
         if not self.train:
             sample["mask_original"] = torch.from_numpy(label).long()
             sample["keypoints_original"] = torch.as_tensor(instances["original"][0])
@@ -165,7 +165,8 @@ class MultiTaskDataset(Dataset):
         out = self.transform(image=square, mask=mask, bboxes=boxes[valid], instance=valid,
                              keypoints=points)  # fmt: skip
         moved = keypoints.copy()
-        moved[..., :2] = np.asarray(out["keypoints"], np.float32).reshape(keypoints.shape[:2] + (2,)) + 0.5
+        shape = (*keypoints.shape[:2], 2)
+        moved[..., :2] = np.asarray(out["keypoints"], np.float32).reshape(shape) + 0.5
         if self.num_keypoints and any(name == "HorizontalFlip"
                                       for name, _ in out.get("applied_transforms", [])):
             moved = moved[:, self.permutation]  # the left wrist now shows as a right one

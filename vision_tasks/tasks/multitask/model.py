@@ -45,16 +45,13 @@ from vision_tasks.tasks.detect import (
     pad_targets,
     postprocess,
 )
-from vision_tasks.tasks.multitask.outputs import MultiTaskOutputs
 from vision_tasks.tasks.keypoints import (
-    HEATMAP_STRIDE,
     crop_size,
-    decode_heatmaps,
     encode_heatmaps,
     heatmap_loss,
-    instance_scores,
     keypoint_sigmas,
 )
+from vision_tasks.tasks.multitask.outputs import MultiTaskOutputs
 from vision_tasks.tasks.reid import ReidHead, batch_hard_triplet_loss, identity_loss
 from vision_tasks.tasks.segment import IGNORE_INDEX, SegmentHead, segmentation_loss
 
@@ -196,7 +193,8 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
                          if loss_weighting == "uncertainty" else None)  # fmt: skip
         channels = self.backbone.out_channels
         needs_neck = "detect" in self.heads or "reid" in self.heads
-        self.neck = PANNeck([channels[l] for l in LEVELS], neck_width) if needs_neck else None
+        levels = [channels[level] for level in LEVELS]
+        self.neck = PANNeck(levels, neck_width) if needs_neck else None
         self.strides = [self.backbone.strides[level] for level in LEVELS]
         self._grid: tuple[tuple, Tensor, Tensor] | None = None
         metrics: dict[str, nn.Module] = {}
@@ -300,7 +298,9 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             (M,). Per-box outputs are None where no box was given.
         """
         features = self.backbone(images)
-        pyramid = self.neck([features[l] for l in LEVELS]) if self.neck is not None else None
+        pyramid = None
+        if self.neck is not None:
+            pyramid = self.neck([features[level] for level in LEVELS])
         out: dict[str, Any] = {"features": features, "pyramid": pyramid}
         if "detect" in self.heads:
             out["cls_logits"], out["box_regression"] = self.detect_head(pyramid)
@@ -378,8 +378,8 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         detections = self.detect(outputs, hp.instance_score_threshold, hp.max_instances)
         result: dict[str, Any] = {"detections": detections}
         if "keypoints" in self.heads:
-            persons = [(b[l == self.keypoint_index], s[l == self.keypoint_index])
-                       for b, s, l in detections]  # fmt: skip
+            persons = [(boxes[labels == self.keypoint_index], scores[labels == self.keypoint_index])
+                       for boxes, scores, labels in detections]  # fmt: skip
             result["keypoint_scores"] = [s for _, s in persons]
             result["keypoints"] = self.keypoint_branch(outputs["features"], [b for b, _ in persons])
         result["reid"] = self.reid_branch(outputs["pyramid"], [b for b, _, _ in detections],
