@@ -256,3 +256,23 @@ def test_predict_writes_one_results_file_per_head_and_one_drawing_per_image(
     assert all(len(r["embedding"]) == 64 and "identity" in r for r in reid)
     drawings = sorted(p.stem for p in tmp_path.glob("*.jpg"))
     assert drawings == sorted(Path(i["file_name"]).stem for i in index.coco.dataset["images"])
+
+
+def test_crop_regions_are_what_the_single_task_crop_shows() -> None:
+    import numpy as np
+
+    from vision_tasks import ops
+
+    boxes = torch.tensor([[10.0, 20.0, 40.0, 100.0], [5.0, 5.0, 85.0, 25.0]])
+    size, margin = (64, 96), 0.25
+    regions = ops.crop_regions(boxes, size, margin)
+    for box, region in zip(boxes, regions):
+        matrix = ops.box_affine(box.numpy(), size, margin)
+        corners = ops.apply_affine(region.view(2, 2).double().numpy(), matrix)
+        np.testing.assert_allclose(corners, [[0, 0], list(size)], atol=1e-4)
+    points = torch.rand(2, 5, 2) * 100
+    crop = ops.to_region_pixels(points, regions, size)
+    assert torch.allclose(ops.from_region_pixels(crop, regions, size), points, atol=1e-4)
+    # A point at a region's top-left corner is crop pixel -0.5: pixel centres on integers.
+    corner = ops.to_region_pixels(regions[:, None, :2], regions, size)
+    assert torch.allclose(corner, torch.full_like(corner, -0.5))

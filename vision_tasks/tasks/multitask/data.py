@@ -139,7 +139,8 @@ class MultiTaskDataset(Dataset):
         offset = np.array([*pad, *pad], np.float64)
         network_boxes = np.clip(boxes * scale + offset, 0, self.image_size)
         network_keypoints = keypoints.copy()
-        network_keypoints[..., :2] = keypoints[..., :2] * scale + offset[:2]
+        labelled = keypoints[..., 2:] > 0  # unlabelled keypoints stay (0, 0, 0), as in COCO
+        network_keypoints[..., :2] = (keypoints[..., :2] * scale + offset[:2]) * labelled
         identities = [_int_or(a.get(self.identity_field), -1) for a in anns]
         return {
             "boxes_xyxy": network_boxes.astype(np.float32),

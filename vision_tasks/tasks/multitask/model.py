@@ -143,6 +143,7 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
     monitor_mode = "max"
     num_report_samples = 8
     draw_score_threshold = 0.3
+    exportable = False  # tools/export.py: NMS and per-box heads on a data-dependent box count
 
     def __init__(
         self,
