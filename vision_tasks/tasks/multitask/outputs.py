@@ -287,6 +287,8 @@ class MultiTaskOutputs:
     # ---- report ---------------------------------------------------------------------------------
     def build_report(self, values: dict[str, Any], samples: list) -> Report:
         """Every head's numbers in one report: headline, all scalars, per-head tables, figures."""
+        if values.get("keypoints_detected/instances") == 0 and "keypoints_gt/AP" in values:
+            values = {**values, "keypoints_detected/AP": 0.0}  # no person detected: nothing found
         headline = {f"{head}/{key}": float(values[f"{head}/{key}"])
                     for head, keys in HEADLINE.items() for key in keys
                     if f"{head}/{key}" in values}  # fmt: skip
