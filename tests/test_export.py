@@ -35,7 +35,10 @@ def _assert_close(a, b, path: str = "results", abs_tol: float = 1e-3) -> None:
         assert a == b, path
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+EXPORTABLE = [task for task, spec in TASKS.items() if getattr(spec.model, "exportable", True)]
+
+
+@pytest.mark.parametrize("task", EXPORTABLE)
 def test_onnx_matches_torch_and_predict_agrees(trained_runs, tiny_coco, task, tmp_path) -> None:
     checkpoint = trained_runs[task] / "checkpoints" / "last.ckpt"
     onnx_path = tmp_path / f"{task}.onnx"
@@ -68,6 +71,12 @@ def test_onnx_matches_torch_and_predict_agrees(trained_runs, tiny_coco, task, tm
             assert present[0] == present[1]
     else:
         _assert_close(by_torch, by_onnx)
+
+
+def test_export_of_the_joint_model_is_refused_clearly(trained_runs) -> None:
+    checkpoint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit, match="multitask: ONNX export is not supported"):
+        export_main(["--ckpt", str(checkpoint)])
 
 
 def test_onnx_engine_without_an_exported_file_says_what_to_run(trained_runs, tiny_coco) -> None:

@@ -176,7 +176,13 @@ def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ckpt", required=True, type=Path)
     parser.add_argument("--output", type=Path, help="report folder (default: beside the run)")
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--compare", action="append", default=[], metavar="TASK=CKPT",
+                        help="multitask: also evaluate this single-task checkpoint on the same "
+                             "split and time it against the joint model (repeatable)")
+    parser.add_argument("--timing-images", type=int, default=8,
+                        help="multitask --compare: images the inference times are taken on")
     args, overrides = parser.parse_known_args(argv)
+    compare = _parse_compare(args.compare, args.task)
     model = load_task_checkpoint(args.ckpt, args.task)
     try:
         data = _data_from_checkpoint(args.task, args.ckpt, overrides)
@@ -193,7 +199,53 @@ def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
                         enable_checkpointing=False, callbacks=[ChannelsLast()])  # fmt: skip
     trainer.test(model, datamodule=data, verbose=False)
     print_summary(model, str(args.ckpt))
+    if compare:
+        _compare_with_single_tasks(model, data, compare, trainer, args.timing_images)
     return model.test_report.headline if model.test_report else {}
+
+
+def _parse_compare(items: list[str], task: str) -> dict[str, Path]:
+    if items and task != "multitask":
+        raise SystemExit("--compare is for --task multitask")
+    pairs = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if name not in TASKS or name in ("multitask", "homography") or not path:
+            raise SystemExit(f"--compare {item!r}: expected TASK=CKPT with TASK one of classify, "
+                             f"detect, keypoints, reid, segment")  # fmt: skip
+        pairs[name] = Path(path)
+    return pairs
+
+
+def _compare_with_single_tasks(
+    model: BaseTask, data: Any, checkpoints: dict[str, Path], trainer: L.Trainer,
+    timing_images: int,
+) -> None:  # fmt: skip
+    """Evaluate each single-task checkpoint on the joint run's split, time both, and add the
+    comparison and timing tables to the joint report (rewritten in place)."""
+    from vision_tasks.evaluation.report import write_report
+    from vision_tasks.tasks.multitask.compare import comparison_rows, time_inference
+
+    json_path, images = data.splits["test"]
+    split = ["--data.test_json", json_path, "--data.test_images", images]
+    singles, headlines = {}, {}
+    for task, checkpoint in checkpoints.items():
+        single = load_task_checkpoint(checkpoint, task)
+        try:
+            single_data = _data_from_checkpoint(task, checkpoint, split)
+        except CocoDataError as error:
+            raise SystemExit(f"error: {error}") from None
+        single.report_dir = str(Path(model.report_dir) / f"single_{task}")
+        trainer.test(single, datamodule=single_data, verbose=False)
+        singles[task], headlines[task] = single.eval(), single.test_report.headline
+    timing = time_inference(model.eval().float(), singles, data.index("test"), timing_images)
+    report = model.test_report
+    report.tables["single_task_comparison"] = comparison_rows(report.metrics, headlines)
+    report.tables["inference_time"] = [{"model": k.removesuffix("_s_per_image"), "value": v}
+                                       for k, v in timing.items()]  # fmt: skip
+    report.metrics.update({f"time/{k}": v for k, v in timing.items()})
+    write_report(report, model.report_dir)
+    print(f"  joint vs single-task models one after another: {timing['speedup']:.2f}x faster")
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -274,6 +326,7 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
     args.output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     records: list[dict[str, Any]] = []
+    per_head: dict[str, list[dict[str, Any]]] = {}
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         ids = image_ids[start : start + args.batch_size]
@@ -293,6 +346,11 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
         written += model.write_predictions(predictions, images, [p.name for p in chunk],
                                            args.output)  # fmt: skip
         records += model.to_results(predictions)
+        if hasattr(model, "head_results"):  # the joint model: one results file per head
+            for head, head_records in model.head_results(predictions).items():
+                per_head.setdefault(head, []).extend(head_records)
+    for head, head_records in per_head.items():
+        written.append(write_results_json(head_records, args.output / f"results_{head}.json"))
     names = {image_id: str(path) for image_id, path in zip(image_ids, files)}
     written.append(atomic_write_json(args.output / "files.json", names))
     written.append(write_results_json(records, args.output / "results.json"))

@@ -171,6 +171,10 @@ def export_main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args(argv)
     model = load_task_checkpoint(args.ckpt)
+    if not getattr(model, "exportable", True):
+        raise SystemExit(f"{model.task_name}: ONNX export is not supported (its inference "
+                         f"forward runs NMS and per-box heads on a data-dependent number of "
+                         f"boxes); predict with --engine torch")  # fmt: skip
     path = export_onnx(model, args.output or args.ckpt.with_suffix(".onnx"), args.opset)
     check = compare(model, OnnxRunner(path, threads=torch.get_num_threads()))
     print(f"{model.task_name} -> {path}")

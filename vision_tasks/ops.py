@@ -63,6 +63,60 @@ def unletterbox_boxes(boxes_xyxy: Tensor, scale: float, pad_x: int, pad_y: int) 
     return (boxes_xyxy - offset) / scale
 
 
+def letterbox_label_map(label: np.ndarray, size: int, fill: int) -> np.ndarray:
+    """Letterbox an (H, W) uint8 label map like :func:`letterbox_image`: nearest resampling (no
+    blended labels), padding ``fill`` (the ignore index: padding is no class)."""
+    height, width = label.shape[:2]
+    scale, pad_x, pad_y = letterbox_params(height, width, size)
+    new_w, new_h = round(width * scale), round(height * scale)
+    resized = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+    return cv2.copyMakeBorder(resized, pad_y, size - new_h - pad_y, pad_x, size - new_w - pad_x,
+                              cv2.BORDER_CONSTANT, value=fill)  # fmt: skip
+
+
+def unletterbox_map(
+    maps: Tensor, scale: float, pad_x: int, pad_y: int, original_hw: tuple[int, int]
+) -> Tensor:
+    """(C, S, S) maps of a letterboxed input -> (C, H0, W0) at the original size (bilinear)."""
+    height, width = (int(v) for v in original_hw)
+    new_w, new_h = round(width * scale), round(height * scale)
+    valid = maps[None, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w]
+    if (new_h, new_w) != (height, width):
+        valid = torch.nn.functional.interpolate(valid, size=(height, width), mode="bilinear",
+                                                align_corners=False)  # fmt: skip
+    return valid[0]
+
+
+def crop_regions(boxes_xyxy: Tensor, output_size: tuple[int, int], margin: float) -> Tensor:
+    """(N, 4) boxes -> (N, 4) xyxy regions that :func:`box_affine` maps onto its output.
+
+    The same enlargement (``margin``) and aspect-ratio growth, as boxes: RoI-Align over these
+    regions samples what the top-down crop of the box shows.
+    """
+    out_w, out_h = output_size
+    centre = (boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]) / 2
+    size = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).clamp(min=1.0) * (1 + margin)
+    aspect = out_w / out_h
+    w = torch.maximum(size[:, 0], size[:, 1] * aspect)
+    half = torch.stack([w, w / aspect], dim=1) / 2
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
+def to_region_pixels(points: Tensor, regions: Tensor, output_size: tuple[int, int]) -> Tensor:
+    """(R, K, 2) continuous image coordinates -> pixels of an ``output_size`` (w, h) resampling of
+    each (R, 4) xyxy region, pixel centres on integers (OpenCV, as the top-down crops)."""
+    out = points.new_tensor(output_size)
+    extent = (regions[:, 2:] - regions[:, :2]).clamp(min=1e-6)
+    return (points - regions[:, None, :2]) * (out / extent)[:, None] - 0.5
+
+
+def from_region_pixels(points: Tensor, regions: Tensor, output_size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`to_region_pixels`: region pixels (R, K, 2) -> image coordinates."""
+    out = points.new_tensor(output_size)
+    extent = regions[:, 2:] - regions[:, :2]
+    return (points + 0.5) * (extent / out)[:, None] + regions[:, None, :2]
+
+
 def box_affine(
     box_xyxy: np.ndarray | list[float],
     output_size: tuple[int, int],

@@ -179,3 +179,28 @@ def segment_transforms(
         *photometric(colour_shift),
     ]  # fmt: skip
     return A.Compose([resize, *augment, *_finish()])
+
+
+def multitask_transforms(
+    train: bool, colour_shift: float = 0.0, ignore_index: int = 255
+) -> A.Compose:
+    """Joint model, on a letterboxed square: one geometry for the image, its boxes (``pascal_voc``
+    with an ``instance`` field naming each box's annotation), its keypoints (``xy``, never
+    dropped) and its label ``mask`` (nearest, filled with ``ignore_index``).
+
+    As in :func:`keypoint_transforms`, ``applied_transforms`` tells whether the image was
+    flipped: the caller swaps left / right keypoints.
+    """
+    if not train:
+        return normalize_only()
+    augment = [
+        A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_CONSTANT,
+                 fill=114, fill_mask=ignore_index, p=0.8),
+        A.HorizontalFlip(p=0.5),
+        *photometric(colour_shift),
+    ]  # fmt: skip
+    boxes = A.BboxParams(format="pascal_voc", label_fields=["instance"], min_visibility=0.25,
+                         min_area=4.0, clip=True, filter_invalid_bboxes=True)  # fmt: skip
+    keypoints = A.KeypointParams(format="xy", remove_invisible=False)
+    return A.Compose([*augment, *_finish()], bbox_params=boxes, keypoint_params=keypoints,
+                     save_applied_params=True)  # fmt: skip

@@ -10,6 +10,7 @@ from vision_tasks.tasks.classify import ClassifyData, ClassifyTask
 from vision_tasks.tasks.detect import DetectData, DetectTask
 from vision_tasks.tasks.homography import HomographyData, HomographyTask
 from vision_tasks.tasks.keypoints import KeypointData, KeypointTask
+from vision_tasks.tasks.multitask import MultiTaskData, MultiTaskTask
 from vision_tasks.tasks.reid import ReidData, ReidTask
 from vision_tasks.tasks.segment import SegmentData, SegmentTask
 
@@ -26,6 +27,7 @@ TASKS: dict[str, TaskSpec] = {
     "detect": TaskSpec(DetectTask, DetectData),
     "homography": TaskSpec(HomographyTask, HomographyData),
     "keypoints": TaskSpec(KeypointTask, KeypointData),
+    "multitask": TaskSpec(MultiTaskTask, MultiTaskData),
     "reid": TaskSpec(ReidTask, ReidData),
     "segment": TaskSpec(SegmentTask, SegmentData),
 }

@@ -80,6 +80,11 @@ class BaseTask(L.LightningModule):
         """Make the evaluation report from the test metric's values and drawn samples."""
         raise NotImplementedError
 
+    def forward_batch(self, batch: Batch) -> Any:
+        """The outputs the steps feed to the other hooks; a task whose heads need more of the
+        batch than its images (the joint model's per-box heads read its boxes) overrides it."""
+        return self(batch["image"])
+
     def draw_samples(self, outputs: Any, batch: Batch) -> list[tuple[Any, str, bool | None]]:
         """Images with predictions drawn, for the report grid."""
         return []
@@ -115,10 +120,10 @@ class BaseTask(L.LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
         """Predictions in COCO results form."""
-        return self.decode(self(batch["image"]), batch)
+        return self.decode(self.forward_batch(batch), batch)
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
-        outputs = self(batch["image"])
+        outputs = self.forward_batch(batch)
         losses = self.compute_loss(outputs, batch)
         if not torch.isfinite(losses["loss"]):
             raise FloatingPointError(

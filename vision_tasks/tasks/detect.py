@@ -280,11 +280,15 @@ def detection_loss(
     top_k: int = 10,
     box_weight: float = 5.0,
     cls_weight: float = 1.0,
+    class_mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """BCE on IoU-aware class targets + CIoU box loss on the assigned points.
 
     Points inside a crowd region that were not assigned to an object are ignored by the class
     loss: COCO ignores detections there, so training them as background would be wrong.
+    ``class_mask`` (B, C) bool, if given, marks the classes annotated in each image: the others
+    are ignored by the class loss too (an image from a file that boxes only persons says nothing
+    about circles, so a circle in it must not be trained as background).
     """
     pred_boxes = decode_boxes(points, strides, box_regression)
     foreground, target_boxes, target_scores = task_aligned_assign(
@@ -293,6 +297,8 @@ def detection_loss(
     normaliser = target_scores.sum().clamp_min(1.0)
     in_crowd = (points_inside(points, targets["boxes"]) & targets["crowd"].unsqueeze(-1)).any(1)
     keep = (~(in_crowd & ~foreground)).unsqueeze(-1).to(cls_logits.dtype)
+    if class_mask is not None:
+        keep = keep * class_mask.unsqueeze(1).to(cls_logits.dtype)
     bce = F.binary_cross_entropy_with_logits(cls_logits, target_scores, reduction="none")
     cls_loss = (bce * keep).sum() / normaliser
     if foreground.any():

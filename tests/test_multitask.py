@@ -1,0 +1,278 @@
+"""Joint multi-task model: one shared forward, masked losses, loss weighting, mixed files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from vision_tasks.tasks.multitask import MultiTaskData, MultiTaskTask, weighted_total
+
+ALL_HEADS = ["classify", "detect", "segment", "keypoints", "reid"]
+SIZE = 64
+
+
+def make_data(tiny_coco, train_json=None, train_images=None, batch_size=4) -> MultiTaskData:
+    data = MultiTaskData(
+        train_json or str(tiny_coco.train_json), train_images or str(tiny_coco.train_images),
+        str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=SIZE,
+        batch_size=batch_size, num_workers=0,
+    )  # fmt: skip
+    data.setup("fit")
+    return data
+
+
+def make_model(data: MultiTaskData, heads=ALL_HEADS, **kwargs) -> MultiTaskTask:
+    torch.manual_seed(0)
+    return MultiTaskTask(data.categories, SIZE, heads=heads,
+                         num_identities=len(data.identity_labels), **kwargs)  # fmt: skip
+
+
+def batch_of(data: MultiTaskData, image_ids: list[int]) -> dict:
+    dataset = data.datasets["val"]
+    positions = [dataset.index.image_ids.index(i) for i in image_ids]
+    return data.collate([dataset[p] for p in positions])
+
+
+def images_with_people(data: MultiTaskData) -> list[int]:
+    index = data.index("val")
+    return [i for i in index.image_ids
+            if any(a.get("num_keypoints", 0) > 0 for a in index.annotations(i))]  # fmt: skip
+
+
+@pytest.fixture
+def data(tiny_coco) -> MultiTaskData:
+    data = make_data(tiny_coco)
+    data.setup("validate")
+    return data
+
+
+def test_one_forward_gives_every_output_with_documented_shapes_and_one_backbone_call(data):
+    model = make_model(data)
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    batch = next(iter(data.train_dataloader()))
+    outputs = model.forward_batch(batch)
+    assert len(calls) == 1
+    b, c = batch["image"].shape[0], len(data.categories)
+    points = sum((SIZE // s) ** 2 for s in (8, 16, 32))
+    assert outputs["cls_logits"].shape == (b, points, c)
+    assert outputs["box_regression"].shape == (b, points, 4)
+    assert outputs["segment"].shape == (b, c + 1, SIZE, SIZE)
+    assert outputs["classify"].shape == (b, c)
+    people = sum(int(r.sum()) for r in outputs["truth"]["keypoint_rows"])
+    width, height = model.crop_size
+    assert people > 0
+    assert outputs["keypoints"]["heatmaps"].shape == (people, 17, height // 4, width // 4)
+    identities = sum(int(r.sum()) for r in outputs["truth"]["reid_rows"])
+    embedding = outputs["reid"]["embedding"]
+    assert embedding.shape == (identities, 64)
+    assert torch.allclose(embedding.norm(dim=1), torch.ones(identities), atol=1e-5)
+    assert outputs["reid"]["logits"].shape == (identities, len(data.identity_labels))
+
+    # Inference: the per-box heads read the detector's boxes, still from the one forward.
+    model.eval()
+    calls.clear()
+    with torch.no_grad():
+        found = model(batch["image"])["on_detections"]
+    assert len(calls) == 1
+    assert len(found["detections"]) == b
+    kept = sum(len(boxes) for boxes, _, _ in found["detections"])
+    if found["reid"] is not None:
+        assert found["reid"]["embedding"].shape == (kept, 64)
+
+
+def test_sample_without_keypoint_labels_contributes_zero_keypoint_gradient(data):
+    model = make_model(data, heads=["detect", "keypoints"])
+    first, second = images_with_people(data)[:2]
+    batch = batch_of(data, [first, second])
+    batch["keypoints"][1][..., 2] = 0  # the second image's file has no keypoint labels
+    # Eval mode: BatchNorm then uses running statistics, so samples do not mix through it.
+    model.eval()
+    images = batch["image"].clone().requires_grad_(True)
+    batch["image"] = images
+    outputs = model.forward_batch(batch)
+    model.head_losses(outputs, batch)["keypoints"].backward()
+    assert images.grad[0].abs().sum() > 0
+    assert torch.equal(images.grad[1], torch.zeros_like(images.grad[1]))
+
+    # A batch whose only sample lacks keypoints has no keypoint term: the head gets no gradient.
+    model.train()
+    only_unlabelled = batch_of(data, [second])
+    only_unlabelled["keypoints"][0][..., 2] = 0
+    model.zero_grad()
+    losses = model.compute_loss(model.forward_batch(only_unlabelled), only_unlabelled)
+    assert "loss_keypoints" not in losses
+    losses["loss"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.keypoint_head.parameters())
+    model.zero_grad()
+    labelled = batch_of(data, [first])
+    model.compute_loss(model.forward_batch(labelled), labelled)["loss"].backward()
+    assert any(p.grad is not None and p.grad.any() for p in model.keypoint_head.parameters())
+
+
+def test_uncertainty_weighting_oracle() -> None:
+    losses = {"detect": torch.tensor(2.0), "segment": torch.tensor(3.0)}
+    log_vars = torch.nn.ParameterDict({"detect": torch.nn.Parameter(torch.tensor(0.0)),
+                                       "segment": torch.nn.Parameter(torch.tensor(math.log(2)))})
+    total, weights = weighted_total(losses, {}, log_vars)
+    assert float(total) == pytest.approx(2.0 + 0.0 + 3.0 / 2 + math.log(2))
+    assert float(weights["segment"]) == pytest.approx(0.5)
+    total, weights = weighted_total(losses, {"detect": 0.5, "segment": 2.0}, None)
+    assert float(total) == pytest.approx(0.5 * 2.0 + 2.0 * 3.0)
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "fixed"])
+def test_learned_loss_weights_move_and_fixed_weights_do_not(data, weighting: str) -> None:
+    fixed = {"detect": 1.0, "segment": 0.5, "keypoints": 100.0, "reid": 0.25}
+    model = make_model(data, heads=["detect", "segment", "keypoints", "reid"],
+                       loss_weighting=weighting, loss_weights=fixed)  # fmt: skip
+    batch = next(iter(data.train_dataloader()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    before = model.compute_loss(model.forward_batch(batch), batch)
+    assert {f"loss_{h}" for h in fixed} <= set(before)
+    before["loss"].backward()
+    optimizer.step()
+    after = model.compute_loss(model.forward_batch(batch), batch)
+    if weighting == "uncertainty":
+        for head in fixed:
+            assert float(before[f"weight_{head}"]) == 1.0  # exp(-0): the learned start
+            assert float(after[f"weight_{head}"]) != pytest.approx(1.0, abs=1e-4)
+        assert all(float(s) != 0.0 for s in model.log_vars.values())
+    else:
+        assert model.log_vars is None
+        assert not any("log_vars" in name for name, _ in model.named_parameters())
+        for head, weight in fixed.items():
+            assert float(before[f"weight_{head}"]) == float(after[f"weight_{head}"]) == weight
+        expected = sum(weight * after[f"loss_{head}"] for head, weight in fixed.items())
+        assert float(after["loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def _split_by_annotation_type(tiny_coco, out: Path) -> tuple[list[str], list[str]]:
+    """Two files over the training images: boxes only (every category), person keypoints only."""
+    coco = json.loads(Path(tiny_coco.train_json).read_text())
+    half = len(coco["images"]) // 2
+    first = {i["id"] for i in coco["images"][:half]}
+    boxes, keypoints = [], []
+    for ann in coco["annotations"]:
+        plain = {k: ann[k] for k in ("id", "image_id", "category_id", "bbox", "area", "iscrowd")}
+        if ann["image_id"] in first:
+            boxes.append(plain)
+        elif ann.get("num_keypoints", 0) > 0:
+            keypoints.append({**plain, "keypoints": ann["keypoints"],
+                              "num_keypoints": ann["num_keypoints"]})  # fmt: skip
+    files = []
+    for name, images, anns in (("boxes", coco["images"][:half], boxes),
+                               ("keypoints", coco["images"][half:], keypoints)):  # fmt: skip
+        path = out / f"{name}.json"
+        path.write_text(json.dumps({**coco, "images": images, "annotations": anns}))
+        files.append(str(path))
+    return files, [str(tiny_coco.train_images)] * 2
+
+
+def test_two_coco_files_with_disjoint_annotation_types_train_together(tiny_coco, tmp_path):
+    jsons, folders = _split_by_annotation_type(tiny_coco, tmp_path)
+    data = make_data(tiny_coco, jsons, folders)
+    boxes_only, keypoints_only = data.datasets["train"].datasets
+    assert not boxes_only.has_masks and not keypoints_only.has_masks
+    assert boxes_only.class_mask.all()
+    assert keypoints_only.class_mask.tolist() == [c["name"] == "person" for c in data.categories]
+    model = make_model(data, heads=["detect", "segment", "keypoints"])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    logged: list[dict] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    trainer = L.Trainer(max_steps=4, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                        accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=[Record()])  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 4
+    assert all(math.isfinite(step["train/loss_step"]) for step in logged)
+    seen = {key for step in logged for key in step}
+    assert {"train/loss_detect_step", "train/loss_keypoints_step"} <= seen
+    assert "train/loss_segment_step" not in seen  # neither file has masks: masked, not zero-filled
+    changed = [k for k, v in model.state_dict().items()
+               if k.startswith("keypoint_head") and not torch.equal(v, start[k])]  # fmt: skip
+    assert changed
+
+
+def test_bad_configuration_fails_clearly(data, tiny_coco) -> None:
+    with pytest.raises(ValueError, match="heads"):
+        make_model(data, heads=["detect", "depth"])
+    with pytest.raises(ValueError, match="not attached"):
+        make_model(data, heads=["detect"], loss_weights={"segment": 1.0})
+    with pytest.raises(ValueError, match="train_images"):
+        MultiTaskData([str(tiny_coco.train_json)] * 2, [str(tiny_coco.train_images)],
+                      str(tiny_coco.val_json), str(tiny_coco.val_images))  # fmt: skip
+
+
+def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
+    trained_runs, tmp_path
+) -> None:
+    from vision_tasks.cli import evaluate_main
+
+    joint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
+    single = trained_runs["detect"] / "checkpoints" / "last.ckpt"
+    headline = evaluate_main(["--task", "multitask", "--ckpt", str(joint), "--output",
+                              str(tmp_path), "--compare", f"detect={single}",
+                              "--timing-images", "2"])  # fmt: skip
+    assert {"detect/AP", "segment/miou", "keypoints_gt/AP", "reid/rank1", "reid/mAP"} <= set(
+        headline)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["task"] == "multitask"
+    assert "keypoints_detected/AP" in report["headline"]  # 0 when the detector finds nobody
+    rows = report["tables"]["single_task_comparison"]
+    assert [(r["head"], r["metric"]) for r in rows] == [("detect", "AP"), ("detect", "AP50")]
+    single_report = json.loads((tmp_path / "single_detect" / "report.json").read_text())
+    assert rows[0]["single_task"] == pytest.approx(single_report["headline"]["AP"])
+    assert rows[0]["joint"] == pytest.approx(headline["detect/AP"])
+    times = {r["model"]: r["value"] for r in report["tables"]["inference_time"]}
+    assert times["joint"] > 0 and times["detect"] > 0 and times["speedup"] > 0
+    assert "## Single task comparison" in (tmp_path / "report.md").read_text()
+
+
+def test_predict_writes_one_results_file_per_head_and_one_drawing_per_image(
+    trained_runs, tiny_coco, tmp_path
+) -> None:
+    from vision_tasks.cli import predict_main
+    from vision_tasks.data.coco import CocoIndex, load_results
+
+    checkpoint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
+    predict_main(["--coco", str(tiny_coco.val_json), "--images", str(tiny_coco.val_images),
+                  "--ckpt", str(checkpoint), "--output", str(tmp_path)])  # fmt: skip
+    index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
+    for head in ("detect", "segment", "keypoints"):
+        records = json.loads((tmp_path / f"results_{head}.json").read_text())
+        load_results(index, records)  # COCO.loadRes accepts it (an empty list is handled)
+    assert json.loads((tmp_path / "results_detect.json").read_text())  # 0.001 threshold: some
+    reid = json.loads((tmp_path / "results_reid.json").read_text())
+    assert all(len(r["embedding"]) == 64 and "identity" in r for r in reid)
+    drawings = sorted(p.stem for p in tmp_path.glob("*.jpg"))
+    assert drawings == sorted(Path(i["file_name"]).stem for i in index.coco.dataset["images"])
+
+
+def test_crop_regions_are_what_the_single_task_crop_shows() -> None:
+    import numpy as np
+
+    from vision_tasks import ops
+
+    boxes = torch.tensor([[10.0, 20.0, 40.0, 100.0], [5.0, 5.0, 85.0, 25.0]])
+    size, margin = (64, 96), 0.25
+    regions = ops.crop_regions(boxes, size, margin)
+    for box, region in zip(boxes, regions):
+        matrix = ops.box_affine(box.numpy(), size, margin)
+        corners = ops.apply_affine(region.view(2, 2).double().numpy(), matrix)
+        np.testing.assert_allclose(corners, [[0, 0], list(size)], atol=1e-4)
+    points = torch.rand(2, 5, 2) * 100
+    crop = ops.to_region_pixels(points, regions, size)
+    assert torch.allclose(ops.from_region_pixels(crop, regions, size), points, atol=1e-4)
+    # A point at a region's top-left corner is crop pixel -0.5: pixel centres on integers.
+    corner = ops.to_region_pixels(regions[:, None, :2], regions, size)
+    assert torch.allclose(corner, torch.full_like(corner, -0.5))

@@ -1,0 +1,475 @@
+"""Joint model: one backbone + neck forward feeding every configured head; masked, weighted losses.
+
+Backbone (c2..c5) -> PAN neck over c3..c5. Dense heads read the shared maps: detection
+(``detect.DetectHead`` on the pyramid), segmentation (``segment.SegmentHead`` on the backbone
+dict), image classification (``classify.ClassifyHead`` on c5). Per-box heads read features
+cut from the same maps with ``torchvision.ops`` RoI-Align, on ground-truth boxes in training and
+on the detector's boxes at inference (Keypoint R-CNN for keypoints, JDE / FairMOT for
+embeddings):
+
+- keypoints: each backbone level c2..c5 is RoI-aligned over the box's top-down crop region
+  (``ops.crop_regions``: margin and aspect as the single-task crops) at the resolution that
+  level would have for that crop, so ``layers.HeatmapHead`` gets exactly the dict the
+  single-task model's backbone gives for a crop, and its targets, loss and DARK decoding are
+  the single-task ones, in crop pixels;
+- re-ID: ``MultiScaleRoIAlign`` over the PAN pyramid (each box from the level that fits its
+  size) -> ``reid.ReidHead`` (pooling + BNNeck) -> triplet + identity losses.
+
+Partial labels: each loss is taken over the samples / instances that carry its labels only
+(see ``data.py``); a head with no labelled sample in a batch adds no term at all. Loss
+weighting: fixed weights, or learned homoscedastic uncertainty (Kendall et al. 2018):
+``sum_h exp(-s_h) L_h + s_h`` with one learned ``s_h = log sigma_h^2`` per head.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import MultiScaleRoIAlign, roi_align
+
+from vision_tasks import ops
+from vision_tasks.evaluation.coco_eval import CocoBoxMetric
+from vision_tasks.evaluation.metrics import KeypointMetric, ReidMetric, SegmentationMetric
+from vision_tasks.layers import HeatmapHead, PANNeck
+from vision_tasks.tasks.base import BaseTask
+from vision_tasks.tasks.classify import ClassifyHead, classification_loss, classification_metrics
+from vision_tasks.tasks.detect import (
+    LEVELS,
+    DetectHead,
+    detection_loss,
+    grid_points,
+    pad_targets,
+    postprocess,
+)
+from vision_tasks.tasks.keypoints import (
+    crop_size,
+    encode_heatmaps,
+    heatmap_loss,
+    keypoint_sigmas,
+)
+from vision_tasks.tasks.multitask.outputs import MultiTaskOutputs
+from vision_tasks.tasks.reid import ReidHead, batch_hard_triplet_loss, identity_loss
+from vision_tasks.tasks.segment import IGNORE_INDEX, SegmentHead, segmentation_loss
+
+HEADS = ("classify", "detect", "segment", "keypoints", "reid")
+KEYPOINT_LEVELS = ("c2", "c3", "c4", "c5")
+PYRAMID = ("p3", "p4", "p5")
+
+
+class HeadMetrics(nn.Module):
+    """Several heads' metrics as one: ``compute()`` -> ``{"<head>/<name>": value}``."""
+
+    def __init__(self, metrics: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict(metrics)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.heads[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.heads
+
+    def compute(self) -> dict[str, Any]:
+        """Every head's values, prefixed with the head's name."""
+        return {f"{head}/{key}": value for head, metric in self.heads.items()
+                for key, value in metric.compute().items()}  # fmt: skip
+
+    def reset(self) -> None:
+        """Reset every head's metric."""
+        for metric in self.heads.values():
+            metric.reset()
+
+
+def weighted_total(
+    losses: dict[str, Tensor], weights: dict[str, float], log_vars: nn.ParameterDict | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Sum of the heads' losses: fixed ``weights``, or ``exp(-s) L + s`` with learned ``log_vars``.
+
+    Returns the total and, per head, the weight it got (for logging).
+    """
+    total, used = None, {}
+    for head, loss in losses.items():
+        if log_vars is None:
+            weight = loss.new_tensor(weights[head])
+            term = weight * loss
+        else:
+            weight = torch.exp(-log_vars[head])
+            term = weight * loss + log_vars[head]
+        total = term if total is None else total + term
+        used[head] = weight.detach()
+    return total, used
+
+
+class MultiTaskTask(MultiTaskOutputs, BaseTask):
+    """Shared backbone + neck; any subset of classify / detect / segment / keypoints / reid heads.
+
+    Args:
+        categories: COCO category records (union of the training files); the keypoint category
+            carries ``flip_pairs``. Linked from the data module.
+        image_size: letterbox side (a multiple of 32).
+        heads: heads to attach, any of ``classify``, ``detect``, ``segment``, ``keypoints``,
+            ``reid``. Keypoint and re-ID heads at inference need ``detect`` for their boxes.
+        loss_weights: fixed weight per head (default 1 each); with ``uncertainty`` weighting
+            they are unused.
+        loss_weighting: ``fixed`` or ``uncertainty`` (learned, Kendall et al. 2018).
+        neck_width: channels of the PAN neck (detection and re-ID features).
+        decoder_channels: U-Net block widths of the segmentation head.
+        dice_weight: Dice term of the segmentation loss.
+        keypoint_crop_height: height of the virtual top-down crop the keypoint head sees
+            (multiple of 32; width from ``keypoints.crop_size``).
+        keypoint_head_channels: widths of the heatmap head's three decoder blocks.
+        keypoint_margin: the box is enlarged by this fraction for the keypoint crop region.
+        heatmap_sigma: Gaussian sigma of the heatmap targets, in cells.
+        oks_sigmas: per-keypoint OKS sigmas (default: COCO's for 17 keypoints).
+        reid_roi_size: (h, w) of the RoI-aligned re-ID features.
+        embedding_dim: re-ID embedding width (0: the neck width).
+        num_identities: identity classifier classes (0: counted in the training data at fit).
+        triplet_margin: margin of the batch-hard triplet loss.
+        id_loss_weight: weight of the identity cross-entropy inside the re-ID loss.
+        label_smoothing: label smoothing of the identity and image-class cross-entropies.
+        score_threshold: detections kept for COCO evaluation.
+        nms_iou: IoU of the class-aware NMS.
+        max_detections: detections kept per image.
+        instance_score_threshold: detections this confident get keypoints and embeddings.
+        max_instances: at most this many of them per image.
+        (the rest: see :class:`BaseTask`)
+    """
+
+    task_name = "multitask"
+    monitor_mode = "max"
+    num_report_samples = 8
+    draw_score_threshold = 0.3
+    exportable = False  # tools/export.py: NMS and per-box heads on a data-dependent box count
+
+    def __init__(
+        self,
+        categories: list[dict[str, Any]] | None = None,
+        image_size: int = 256,
+        heads: list[str] = ("detect", "segment", "keypoints", "reid"),  # noqa: B006 - tuple
+        loss_weights: dict[str, float] | None = None,
+        loss_weighting: Literal["fixed", "uncertainty"] = "fixed",
+        neck_width: int = 64,
+        decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16),
+        dice_weight: float = 0.5,
+        keypoint_crop_height: int = 96,
+        keypoint_head_channels: tuple[int, int, int] = (64, 32, 32),
+        keypoint_margin: float = 0.25,
+        heatmap_sigma: float = 2.0,
+        oks_sigmas: list[float] | None = None,
+        reid_roi_size: tuple[int, int] = (8, 6),
+        embedding_dim: int = 0,
+        num_identities: int = 0,
+        triplet_margin: float | None = 0.3,
+        id_loss_weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        score_threshold: float = 0.001,
+        nms_iou: float = 0.65,
+        max_detections: int = 100,
+        instance_score_threshold: float = 0.3,
+        max_instances: int = 20,
+        backbone: str = "resnet18",
+        backbone_weights: str = "none",
+        freeze_at: int = 0,
+        lr: float = 2e-3,
+        backbone_lr_mult: float = 1.0,
+        weight_decay: float = 5e-4,
+        warmup_epochs: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+        min_lr_ratio: float = 0.05,
+    ) -> None:
+        super().__init__(
+            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
+            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
+        )  # fmt: skip
+        self.heads = list(heads)
+        self._check_arguments(categories, image_size, loss_weights)
+        self.categories = categories
+        self.class_names = [c["name"] for c in categories]
+        self.loss_weights = {h: float((loss_weights or {}).get(h, 1.0)) for h in self.heads}
+        self.log_vars = (nn.ParameterDict({h: nn.Parameter(torch.zeros(())) for h in self.heads})
+                         if loss_weighting == "uncertainty" else None)  # fmt: skip
+        channels = self.backbone.out_channels
+        needs_neck = "detect" in self.heads or "reid" in self.heads
+        levels = [channels[level] for level in LEVELS]
+        self.neck = PANNeck(levels, neck_width) if needs_neck else None
+        self.strides = [self.backbone.strides[level] for level in LEVELS]
+        self._grid: tuple[tuple, Tensor, Tensor] | None = None
+        metrics: dict[str, nn.Module] = {}
+        if "detect" in self.heads:
+            self.detect_head = DetectHead(neck_width, len(categories), len(LEVELS))
+            metrics["detect"] = CocoBoxMetric()
+        if "segment" in self.heads:
+            self.segment_head = SegmentHead(channels, len(categories) + 1, tuple(decoder_channels))
+            metrics["segment"] = SegmentationMetric(len(categories) + 1, IGNORE_INDEX)
+        if "classify" in self.heads:
+            self.classify_head = ClassifyHead(channels["c5"], len(categories))
+            metrics["classify"] = classification_metrics(len(categories))
+        if "keypoints" in self.heads:
+            self._build_keypoint_head(channels, keypoint_crop_height, keypoint_head_channels,
+                                      oks_sigmas, metrics)  # fmt: skip
+        if "reid" in self.heads:
+            self.reid_pool = MultiScaleRoIAlign(list(PYRAMID), list(reid_roi_size), 2)
+            self.reid_head = ReidHead(neck_width, embedding_dim, "gem")
+            self.identity_classifier: nn.Linear | None = None
+            if num_identities > 0 and id_loss_weight > 0:
+                self._build_identity_classifier(num_identities)
+            metrics["reid"] = ReidMetric()
+        self.val_metric = HeadMetrics(metrics)
+        self.test_metric = HeadMetrics({k: m.clone() for k, m in metrics.items()})
+        first = next(h for h in ("detect", "segment", "keypoints", "reid", "classify")
+                     if h in self.heads)  # fmt: skip
+        self.monitor = {"detect": "val/detect/AP", "segment": "val/segment/miou",
+                        "keypoints": "val/keypoints_gt/AP", "reid": "val/reid/mAP",
+                        "classify": "val/classify/top1"}[first]  # fmt: skip
+
+    def _check_arguments(self, categories: Any, image_size: int, loss_weights: Any) -> None:
+        unknown = [h for h in self.heads if h not in HEADS]
+        if not self.heads or unknown or len(set(self.heads)) != len(self.heads):
+            raise ValueError(f"--model.heads: expected distinct names among {list(HEADS)}, "
+                             f"got {self.heads}")  # fmt: skip
+        if not categories:
+            raise ValueError("MultiTaskTask needs categories (linked from the data module)")
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
+        extra = sorted(set(loss_weights or {}) - set(self.heads))
+        if extra:
+            raise ValueError(f"--model.loss_weights names heads that are not attached: {extra} "
+                             f"(heads: {self.heads})")  # fmt: skip
+
+    def _build_keypoint_head(
+        self, channels: dict[str, int], crop_height: int, head_channels: tuple[int, int, int],
+        oks_sigmas: list[float] | None, metrics: dict[str, nn.Module],
+    ) -> None:  # fmt: skip
+        category = next((c for c in self.categories if "flip_pairs" in c), None)
+        if category is None:
+            raise ValueError("the keypoints head needs a category with 'keypoints' (and "
+                             "'flip_pairs', set by MultiTaskData)")  # fmt: skip
+        self.keypoint_category = category
+        self.keypoint_index = self.categories.index(category)
+        self.skeleton = [(a - 1, b - 1) for a, b in category.get("skeleton") or []]
+        self.crop_size = crop_size(crop_height)
+        self.keypoint_head = HeatmapHead(channels, len(category["keypoints"]),
+                                         tuple(head_channels))  # fmt: skip
+        sigmas = keypoint_sigmas(category, oks_sigmas)
+        metrics["keypoints_gt"] = KeypointMetric(category["id"], sigmas)
+        metrics["keypoints_detected"] = KeypointMetric(category["id"], sigmas)
+
+    def _build_identity_classifier(self, num_identities: int) -> None:
+        self.identity_classifier = nn.Linear(self.reid_head.out_channels, num_identities,
+                                             bias=False)  # fmt: skip
+        nn.init.normal_(self.identity_classifier.weight, std=0.001)
+
+    def setup(self, stage: str) -> None:
+        """At fit, size the identity classifier from the training data's identities."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if (stage != "fit" or "reid" not in self.heads or self.hparams.id_loss_weight <= 0
+                or not hasattr(datamodule, "identity_labels")):  # fmt: skip
+            return
+        found = len(datamodule.identity_labels)
+        if self.identity_classifier is None and found:
+            self._build_identity_classifier(found)
+            self.hparams.num_identities = found
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        images: Tensor,
+        keypoint_boxes: list[Tensor] | None = None,
+        reid_boxes: list[Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """One backbone + neck pass; every head reads its maps.
+
+        Args:
+            images: (B, 3, S, S) letterboxed, normalised.
+            keypoint_boxes: per image (n_i, 4) xyxy network-pixel boxes to read keypoints in.
+            reid_boxes: per image (m_i, 4) boxes to embed. With neither given, an eval-mode
+                call takes both from the detector (``on_detections``).
+
+        Returns:
+            ``features`` (the backbone dict), ``pyramid`` [p3, p4, p5] (B, width, S/s, S/s);
+            with ``detect``: ``cls_logits`` (B, N, C), ``box_regression`` (B, N, 4),
+            ``points`` (N, 2), ``strides`` (N, 1); ``segment``: (B, C + 1, S, S) logits;
+            ``classify``: (B, C) logits; ``keypoints``: ``heatmaps`` (R, K, h/4, w/4) and
+            ``regions`` (R, 4) crop regions, ``image_index`` (R,); ``reid``: ``features``,
+            ``embedding`` (unit norm), ``logits`` (or None), each (M, ...), ``image_index``
+            (M,). Per-box outputs are None where no box was given.
+        """
+        features = self.backbone(images)
+        pyramid = None
+        if self.neck is not None:
+            pyramid = self.neck([features[level] for level in LEVELS])
+        out: dict[str, Any] = {"features": features, "pyramid": pyramid}
+        if "detect" in self.heads:
+            out["cls_logits"], out["box_regression"] = self.detect_head(pyramid)
+            out["points"], out["strides"] = self._grid_for(
+                [tuple(p.shape[-2:]) for p in pyramid], images.device)
+        if "segment" in self.heads:
+            logits = self.segment_head(features)
+            if logits.shape[-2:] != images.shape[-2:]:
+                logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+                                       align_corners=False)  # fmt: skip
+            out["segment"] = logits
+        if "classify" in self.heads:
+            out["classify"] = self.classify_head(features["c5"])
+        if keypoint_boxes is None and reid_boxes is None:
+            if not self.training and "detect" in self.heads:
+                out["on_detections"] = self.on_detections(out, images.shape[-1])
+            return out
+        out["keypoints"] = self.keypoint_branch(features, keypoint_boxes)
+        out["reid"] = self.reid_branch(pyramid, reid_boxes, images.shape[-1])
+        return out
+
+    def _grid_for(self, shapes: list[tuple], device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (tuple(shapes), str(device))
+        if self._grid is None or self._grid[0] != key:
+            self._grid = (key, *grid_points(shapes, self.strides, device))
+        return self._grid[1], self._grid[2]
+
+    def keypoint_branch(
+        self, features: dict[str, Tensor], boxes: list[Tensor] | None
+    ) -> dict[str, Tensor] | None:
+        """Heatmaps of the boxes' crop regions from RoI-aligned c2..c5 (see module docstring)."""
+        if "keypoints" not in self.heads or boxes is None or sum(len(b) for b in boxes) == 0:
+            return None
+        width, height = self.crop_size
+        index = torch.cat([torch.full((len(b),), i, device=features["c5"].device)
+                           for i, b in enumerate(boxes)])  # fmt: skip
+        regions = ops.crop_regions(torch.cat(boxes).float(), self.crop_size,
+                                   self.hparams.keypoint_margin)  # fmt: skip
+        rois = torch.cat([index[:, None].to(regions), regions], dim=1)
+        crops = {}
+        for level in KEYPOINT_LEVELS:
+            stride = self.backbone.strides[level]
+            crops[level] = roi_align(features[level], rois, (height // stride, width // stride),
+                                     1.0 / stride, sampling_ratio=2, aligned=True)  # fmt: skip
+        return {"heatmaps": self.keypoint_head(crops), "regions": regions, "image_index": index}
+
+    def reid_branch(
+        self, pyramid: list[Tensor] | None, boxes: list[Tensor] | None, image_size: int
+    ) -> dict[str, Any] | None:
+        """Embeddings of the boxes from the PAN pyramid (MultiScaleRoIAlign -> BNNeck head)."""
+        count = 0 if boxes is None else sum(len(b) for b in boxes)
+        # BatchNorm (the BNNeck) cannot train on one row; nor can a triplet form.
+        if "reid" not in self.heads or count == 0 or (self.training and count < 2):
+            return None
+        maps = OrderedDict(zip(PYRAMID, pyramid))
+        pooled = self.reid_pool(maps, [b.float() for b in boxes], [(image_size, image_size)]
+                                * len(boxes))  # fmt: skip
+        features, bn_features = self.reid_head(pooled)
+        classifier = self.identity_classifier
+        index = torch.cat([torch.full((len(b),), i, device=pooled.device)
+                           for i, b in enumerate(boxes)])  # fmt: skip
+        return {"features": features, "embedding": F.normalize(bn_features, dim=1),
+                "logits": classifier(bn_features) if classifier is not None else None,
+                "image_index": index}  # fmt: skip
+
+    def detect(self, outputs: dict[str, Any], score_threshold: float, max_detections: int):
+        """Post-processed detections per image: (boxes (K, 4) network px, scores, labels)."""
+        return postprocess(outputs["cls_logits"], outputs["box_regression"], outputs["points"],
+                           outputs["strides"], score_threshold, iou_threshold=self.hparams.nms_iou,
+                           max_detections=max_detections)  # fmt: skip
+
+    def on_detections(self, outputs: dict[str, Any], image_size: int) -> dict[str, Any]:
+        """Keypoints and embeddings of the confident detections (inference's per-box path)."""
+        hp = self.hparams
+        detections = self.detect(outputs, hp.instance_score_threshold, hp.max_instances)
+        result: dict[str, Any] = {"detections": detections}
+        if "keypoints" in self.heads:
+            persons = [(boxes[labels == self.keypoint_index], scores[labels == self.keypoint_index])
+                       for boxes, scores, labels in detections]  # fmt: skip
+            result["keypoint_scores"] = [s for _, s in persons]
+            result["keypoints"] = self.keypoint_branch(outputs["features"], [b for b, _ in persons])
+        result["reid"] = self.reid_branch(outputs["pyramid"], [b for b, _, _ in detections],
+                                          image_size)  # fmt: skip
+        return result
+
+    def forward_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Per-box heads on the labelled ground-truth boxes; in eval also on the detections."""
+        truth = self.labelled_instances(batch)
+        outputs = self(batch["image"], truth["keypoint_boxes"], truth["reid_boxes"])
+        outputs["truth"] = truth
+        if not self.training and "detect" in self.heads:
+            outputs["on_detections"] = self.on_detections(outputs, batch["image"].shape[-1])
+        return outputs
+
+    def labelled_instances(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The instances that carry keypoint / identity labels, per image (masking per sample)."""
+        truth: dict[str, Any] = {"keypoint_boxes": None, "reid_boxes": None}
+        if "keypoints" in self.heads:
+            rows = [(lab == self.keypoint_index) & ~crowd & (kps[..., 2] > 0).any(-1)
+                    for lab, crowd, kps in zip(batch["label"], batch["crowd"],
+                                               batch["keypoints"])]  # fmt: skip
+            truth["keypoint_rows"] = rows
+            truth["keypoint_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
+            truth["keypoints"] = [k[r] for k, r in zip(batch["keypoints"], rows)]
+        if "reid" in self.heads:
+            rows = [(ids >= 0) & ~crowd for ids, crowd in zip(batch["identity"], batch["crowd"])]
+            truth["reid_rows"] = rows
+            truth["reid_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
+            truth["identity"] = torch.cat([i[r] for i, r in zip(batch["identity"], rows)])
+            truth["identity_label"] = torch.cat([i[r] for i, r in zip(batch["identity_label"],
+                                                                      rows)])  # fmt: skip
+        return truth
+
+    # ---- losses -------------------------------------------------------------------------------
+    def head_losses(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Each head's loss over the samples / instances labelled for it; absent when none is."""
+        hp, losses = self.hparams, {}
+        if "detect" in self.heads:
+            rows = batch["class_mask"].any(dim=1)
+            if rows.any():
+                pick = rows.nonzero().squeeze(1).tolist()
+                targets = pad_targets([batch["boxes_xyxy"][i] for i in pick],
+                                      [batch["label"][i] for i in pick],
+                                      [batch["crowd"][i] for i in pick])  # fmt: skip
+                losses["detect"] = detection_loss(
+                    outputs["cls_logits"][rows], outputs["box_regression"][rows],
+                    outputs["points"], outputs["strides"], targets,
+                    class_mask=batch["class_mask"][rows])["loss"]  # fmt: skip
+        if "segment" in self.heads and batch["has_mask"].any():
+            rows = batch["has_mask"]
+            losses["segment"] = segmentation_loss(outputs["segment"][rows], batch["mask"][rows],
+                                                  None, hp.dice_weight)["loss"]  # fmt: skip
+        if "classify" in self.heads and (batch["image_label"] >= 0).any():
+            rows = batch["image_label"] >= 0
+            losses["classify"] = classification_loss(outputs["classify"][rows],
+                                                      batch["image_label"][rows],
+                                                      hp.label_smoothing)  # fmt: skip
+        if outputs.get("keypoints") is not None:
+            losses["keypoints"] = self.keypoint_loss(outputs["keypoints"], outputs["truth"])
+        if outputs.get("reid") is not None:
+            losses["reid"] = self.reid_loss(outputs["reid"], outputs["truth"])
+        return losses
+
+    def keypoint_loss(self, predicted: dict[str, Tensor], truth: dict[str, Any]) -> Tensor:
+        """Single-task heatmap MSE, targets drawn in each box's crop pixels."""
+        keypoints = torch.cat(truth["keypoints"])
+        crop = ops.to_region_pixels(keypoints[..., :2], predicted["regions"], self.crop_size)
+        heatmaps = predicted["heatmaps"]
+        targets, weights = encode_heatmaps(torch.cat([crop, keypoints[..., 2:]], dim=-1),
+                                           heatmaps.shape[-2:], self.hparams.heatmap_sigma)
+        return heatmap_loss(heatmaps, targets, weights)
+
+    def reid_loss(self, predicted: dict[str, Any], truth: dict[str, Any]) -> Tensor:
+        """Single-task batch-hard triplet + identity cross-entropy."""
+        hp = self.hparams
+        loss = batch_hard_triplet_loss(predicted["features"], truth["identity"], hp.triplet_margin)
+        if predicted["logits"] is not None:
+            loss = loss + hp.id_loss_weight * identity_loss(
+                predicted["logits"], truth["identity_label"], hp.label_smoothing)
+        return loss
+
+    def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Weighted sum of the present heads' losses (``loss``), each loss and its weight."""
+        losses = self.head_losses(outputs, batch)
+        if not losses:  # no label of any configured kind in this batch: nothing to learn
+            zero = outputs["features"]["c5"].sum() * 0.0
+            return {"loss": zero}
+        total, weights = weighted_total(losses, self.loss_weights, self.log_vars)
+        logged = {f"loss_{h}": v.detach() for h, v in losses.items()}
+        logged |= {f"weight_{h}": w for h, w in weights.items()}
+        return {"loss": total, **logged}

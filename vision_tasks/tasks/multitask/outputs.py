@@ -1,0 +1,351 @@
+"""Joint model outputs -> metrics, COCO results per head, drawings and the one report.
+
+Every head is scored with its single-task metric: COCOeval bbox, mIoU at the original
+resolution, COCOeval keypoints on ground-truth boxes and on detected ones, CMC / mAP of the
+ground-truth boxes' embeddings. A mixin of :class:`~vision_tasks.tasks.multitask.MultiTaskTask`
+(kept apart so each file reads at once); it uses the model's heads, hyper-parameters and maps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes, draw_keypoints
+
+from vision_tasks import ops
+from vision_tasks.data.transforms import multitask_transforms
+from vision_tasks.evaluation.coco_eval import results_from_predictions
+from vision_tasks.evaluation.report import Figure, Report
+from vision_tasks.tasks.keypoints import decode_heatmaps, instance_scores
+from vision_tasks.tasks.segment import label_map_results, overlay
+
+HEADLINE = {
+    "detect": ("AP", "AP50"),
+    "segment": ("miou",),
+    "keypoints_gt": ("AP",),
+    "keypoints_detected": ("AP",),
+    "reid": ("rank1", "mAP"),
+    "classify": ("top1",),
+}
+
+
+def _numbers(batch: dict[str, Any], i: int) -> tuple[float, int, int, tuple[int, int]]:
+    """Letterbox scale, pad and original (h, w) of image ``i``: tensors (loaders) or tuples
+    (``tools/predict.py``) alike."""
+    pad_x, pad_y = (int(round(float(v))) for v in batch["pad"][i])
+    height, width = (int(v) for v in batch["orig_size"][i])
+    return float(batch["scale"][i]), pad_x, pad_y, (height, width)
+
+
+class MultiTaskOutputs:
+    """Metrics, decoding, drawing, reporting and prediction files of the joint model."""
+
+    # ---- metrics ------------------------------------------------------------------------------
+    def _attach_indexes(self, metric: Any, split: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        for name in ("detect", "keypoints_gt", "keypoints_detected"):
+            if name in metric:
+                metric[name].index = datamodule.index(split)
+        if "keypoints_detected" in metric:
+            metric["keypoints_detected"].every_image = True  # a missed person is still missed
+
+    def on_validation_epoch_start(self) -> None:
+        """Point the COCO metrics at the validation ground truth."""
+        self._attach_indexes(self.val_metric, "val")
+
+    def on_test_epoch_start(self) -> None:
+        """Point the COCO metrics at the test ground truth."""
+        super().on_test_epoch_start()
+        self._attach_indexes(self.test_metric, "test")
+
+    def update_metric(self, metric: Any, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
+        """Feed every head's metric with this batch."""
+        if "detect" in metric:
+            predictions = self.decode_detections(outputs, batch)
+            index = metric["detect"].index
+            if index is not None:  # a category the evaluation file lacks cannot be scored
+                for p in predictions:
+                    keep = torch.isin(p["category_id"], torch.tensor(index.category_ids))
+                    p.update(bbox=p["bbox"][keep], score=p["score"][keep],
+                             category_id=p["category_id"][keep])  # fmt: skip
+            metric["detect"].update(predictions, batch["image_id"])
+        if "segment" in metric:
+            for i in range(len(batch["image_id"])):
+                if not bool(batch["has_mask"][i]):
+                    continue
+                label = self._original_label_map(outputs["segment"][i], batch, i)
+                height, width = label.shape
+                target = batch["mask_original"][i, :height, :width].to(label.device)
+                metric["segment"].update(label[None], target[None])
+        if "classify" in metric and (batch["image_label"] >= 0).any():
+            rows = batch["image_label"] >= 0
+            metric["classify"].update(outputs["classify"][rows], batch["image_label"][rows])
+        if "keypoints_gt" in metric and outputs.get("keypoints") is not None:
+            self._update_keypoints_gt(metric["keypoints_gt"], outputs, batch)
+        if "keypoints_detected" in metric:
+            self._update_keypoints_detected(metric["keypoints_detected"], outputs, batch)
+        if "reid" in metric and outputs.get("reid") is not None:
+            truth, reid = outputs["truth"], outputs["reid"]
+            rows = truth["reid_rows"]
+            metric["reid"].update(
+                reid["embedding"], truth["identity"],
+                batch["camera"].to(reid["image_index"].device)[reid["image_index"]],
+                torch.cat([q[r] for q, r in zip(batch["is_query"], rows)]),
+                torch.cat([a[r] for a, r in zip(batch["annotation_id"], rows)]))  # fmt: skip
+
+    def _image_keypoints(self, predicted: dict[str, Tensor], batch: dict[str, Any]) -> Tensor:
+        """(R, K, 3) x, y in original COCO pixels and keypoint score, from RoI heatmaps."""
+        points, scores = decode_heatmaps(predicted["heatmaps"].detach().float(),
+                                         self.hparams.heatmap_sigma)  # fmt: skip
+        network = ops.from_region_pixels(points, predicted["regions"].float(), self.crop_size)
+        index = predicted["image_index"].cpu()
+        scale = torch.tensor([_numbers(batch, int(i))[0] for i in index], dtype=torch.float64)
+        pad = torch.tensor([_numbers(batch, int(i))[1:3] for i in index], dtype=torch.float64)
+        original = (network.double().cpu() - pad[:, None]) / scale[:, None, None]
+        return torch.cat([original, scores.double().cpu()[..., None]], dim=-1)
+
+    def _update_keypoints_gt(self, metric: Any, outputs: dict, batch: dict[str, Any]) -> None:
+        rows = outputs["truth"]["keypoint_rows"]
+        predicted = self._image_keypoints(outputs["keypoints"], batch)
+        truth = torch.cat([k[r] for k, r in zip(batch["keypoints_original"], rows)]).double()
+        boxes = torch.cat([b[r] for b, r in zip(batch["boxes_original"], rows)])
+        sizes = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1)
+        ids = torch.cat([a[r] for a, r in zip(batch["annotation_id"], rows)])
+        image_ids = batch["image_id"][outputs["keypoints"]["image_index"].cpu()]
+        scores = instance_scores(predicted[..., 2], torch.ones(len(predicted)))
+        metric.update(ids, image_ids, predicted, scores, truth, sizes)
+
+    def _update_keypoints_detected(self, metric: Any, outputs: dict, batch: dict) -> None:
+        found = outputs.get("on_detections", {})
+        if found.get("keypoints") is None:
+            return
+        predicted = self._image_keypoints(found["keypoints"], batch)
+        box_scores = torch.cat(found["keypoint_scores"]).double().cpu()
+        index = found["keypoints"]["image_index"].cpu()
+        image_ids = batch["image_id"][index]
+        # Unique per (image, detection): the metric drops repeats a DDP sampler pads with.
+        rank = torch.cat([torch.arange(len(s)) for s in found["keypoint_scores"]])
+        sample_ids = image_ids.long() * (self.hparams.max_instances + 1) + rank
+        regions = found["keypoints"]["regions"].detach().double().cpu()
+        scale = torch.tensor([_numbers(batch, int(i))[0] for i in index], dtype=torch.float64)
+        sizes = (regions[:, 2:] - regions[:, :2]).amax(dim=1) / scale
+        truth = torch.zeros_like(predicted)  # no ground truth is paired with a detection
+        metric.update(sample_ids, image_ids, predicted,
+                      instance_scores(predicted[..., 2], box_scores), truth, sizes)  # fmt: skip
+
+    def _original_label_map(self, logits: Tensor, batch: dict[str, Any], i: int) -> Tensor:
+        scale, pad_x, pad_y, size = _numbers(batch, i)
+        return ops.unletterbox_map(logits.detach(), scale, pad_x, pad_y, size).argmax(dim=0)
+
+    # ---- decoding -------------------------------------------------------------------------------
+    def decode_detections(self, outputs: dict[str, Any], batch: dict) -> list[dict[str, Any]]:
+        """Per image: ``bbox`` (K, 4) COCO xywh in original pixels, ``score``, ``category_id``."""
+        hp = self.hparams
+        detections = self.detect(outputs, hp.score_threshold, hp.max_detections)
+        ids = torch.tensor([c["id"] for c in self.categories])
+        return [{"image_id": int(batch["image_id"][i]),
+                 "bbox": self._to_original_boxes(boxes, batch, i), "score": scores.float().cpu(),
+                 "category_id": ids[labels.cpu()]}
+                for i, (boxes, scores, labels) in enumerate(detections)]  # fmt: skip
+
+    def _to_original_boxes(self, boxes: Tensor, batch: dict[str, Any], i: int) -> Tensor:
+        scale, pad_x, pad_y, (height, width) = _numbers(batch, i)
+        boxes = ops.unletterbox_boxes(boxes.detach().double().cpu(), scale, pad_x, pad_y)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        return ops.xyxy_to_xywh(boxes).float()
+
+    def decode(self, outputs: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per image, every head's predictions in COCO results form.
+
+        Keys: ``image_id``; ``detect`` (``bbox`` / ``score`` / ``category_id`` tensors);
+        ``segment`` (RLE records) and ``label_map`` (H0, W0) uint8; ``keypoints`` (records,
+        detected persons); ``reid`` (records of the confident detections with their
+        ``embedding`` and ``identity``: the most likely training identity, -1 without a
+        classifier); ``classify`` (one record).
+        """
+        count = len(batch["image_id"])
+        results: list[dict[str, Any]] = [{"image_id": int(batch["image_id"][i])}
+                                         for i in range(count)]  # fmt: skip
+        if "detect" in self.heads:
+            for result, det in zip(results, self.decode_detections(outputs, batch)):
+                result["detect"] = {k: det[k] for k in ("bbox", "score", "category_id")}
+        if "segment" in self.heads:
+            for i, result in enumerate(results):
+                label = self._original_label_map(outputs["segment"][i], batch, i)
+                result["label_map"] = label.to(torch.uint8).cpu().numpy()
+                result["segment"] = label_map_results(result["label_map"], result["image_id"],
+                                                      self.categories)  # fmt: skip
+        if "classify" in self.heads:
+            probs = outputs["classify"].softmax(dim=1)
+            for result, p in zip(results, probs):
+                k = int(p.argmax())
+                result["classify"] = [{"image_id": result["image_id"], "score": float(p[k]),
+                                       "category_id": self.categories[k]["id"]}]  # fmt: skip
+        self._decode_instances(outputs.get("on_detections") or {}, batch, results)
+        return results
+
+    def _decode_instances(self, found: dict[str, Any], batch: dict, results: list[dict]) -> None:
+        if "keypoints" in self.heads:
+            for result in results:
+                result["keypoints"] = []
+            if found.get("keypoints") is not None:
+                points = self._image_keypoints(found["keypoints"], batch)
+                box_scores = torch.cat(found["keypoint_scores"]).double().cpu()
+                scores = instance_scores(points[..., 2], box_scores)
+                for i, p, s in zip(found["keypoints"]["image_index"].tolist(), points, scores):
+                    results[i]["keypoints"].append({
+                        "image_id": results[i]["image_id"],
+                        "category_id": self.keypoint_category["id"],
+                        "keypoints": [round(v, 3) for v in p.flatten().tolist()],
+                        "score": float(s)})  # fmt: skip
+        if "reid" not in self.heads:
+            return
+        ids = [c["id"] for c in self.categories]
+        reid = found.get("reid")
+        embeddings = reid["embedding"].detach().float().cpu() if reid is not None else None
+        logits = reid["logits"] if reid is not None else None
+        row = 0
+        for i, (boxes, scores, labels) in enumerate(found.get("detections", [])):
+            records = []
+            xywh = self._to_original_boxes(boxes, batch, i)
+            for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
+                identity = int(logits[row].argmax()) if logits is not None else -1
+                records.append({"image_id": results[i]["image_id"], "category_id": ids[label],
+                                "bbox": [round(v, 3) for v in box], "score": round(score, 5),
+                                "embedding": embeddings[row].tolist(), "identity": identity})
+                row += 1
+            results[i]["reid"] = records
+        for result in results:
+            result.setdefault("reid", [])
+
+    def head_results(self, predictions: list[dict[str, Any]]) -> dict[str, list[dict]]:
+        """Predictions -> one list of COCO results records per head (``results_<head>.json``)."""
+        out: dict[str, list[dict]] = {}
+        for head in self.heads:
+            if head == "detect":
+                out[head] = results_from_predictions(
+                    [{"image_id": p["image_id"], **p["detect"]} for p in predictions])
+            else:
+                out[head] = [record for p in predictions for record in p.get(head, [])]
+        return out
+
+    def to_results(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``results.json``: the detections (COCO bbox records), or the first head's records."""
+        by_head = self.head_results(predictions)
+        return by_head.get("detect", by_head[self.heads[0]])
+
+    # ---- drawing --------------------------------------------------------------------------------
+    def draw_prediction(self, image: np.ndarray, prediction: dict[str, Any]) -> np.ndarray:
+        """(H, W, 3) uint8 RGB with mask overlay, boxes (name, score, identity) and skeletons."""
+        if "label_map" in prediction:
+            image = overlay(image, prediction["label_map"])
+        drawn = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        name_of = {c["id"]: c["name"] for c in self.categories}
+        instances = prediction.get("reid") or []
+        if not instances and "detect" in prediction:
+            det = prediction["detect"]
+            instances = [{"bbox": b, "score": s, "category_id": c, "identity": -1}
+                         for b, s, c in zip(det["bbox"].tolist(), det["score"].tolist(),
+                                            det["category_id"].tolist())]  # fmt: skip
+        shown = [r for r in instances if r["score"] >= self.draw_score_threshold]
+        if shown:
+            boxes = ops.xywh_to_xyxy(torch.tensor([r["bbox"] for r in shown]))
+            labels = [f"{name_of[r['category_id']]} {r['score']:.2f}"
+                      + (f" id{r['identity']}" if r["identity"] >= 0 else "") for r in shown]
+            drawn = draw_bounding_boxes(drawn, boxes, labels, colors="red", width=1)
+        for record in prediction.get("keypoints") or []:
+            if record["score"] < self.draw_score_threshold:
+                continue
+            points = torch.tensor(record["keypoints"]).reshape(1, -1, 3)
+            drawn = draw_keypoints(drawn, points[..., :2], self.skeleton, colors="yellow",
+                                   radius=1, width=1, visibility=points[..., 2] > 0.2)
+        return drawn.permute(1, 2, 0).numpy()
+
+    def draw_samples(self, outputs: dict[str, Any], batch: dict[str, Any]) -> list:
+        """Original-size images with every head's predictions drawn (the report grid)."""
+        predictions = self.decode(outputs, batch)
+        images = ops.denormalize(batch["image"].detach().cpu()).permute(0, 2, 3, 1).numpy()
+        drawn = []
+        for i, prediction in enumerate(predictions):
+            scale, pad_x, pad_y, (height, width) = _numbers(batch, i)
+            new_w, new_h = round(width * scale), round(height * scale)
+            original = cv2.resize(np.ascontiguousarray(images[i, pad_y:pad_y + new_h,
+                                                              pad_x:pad_x + new_w]),
+                                  (width, height))  # fmt: skip
+            drawn.append((self.draw_prediction(original, prediction),
+                          f"image {prediction['image_id']}", None))
+        return drawn
+
+    # ---- report ---------------------------------------------------------------------------------
+    def build_report(self, values: dict[str, Any], samples: list) -> Report:
+        """Every head's numbers in one report: headline, all scalars, per-head tables, figures."""
+        if values.get("keypoints_detected/instances") == 0 and "keypoints_gt/AP" in values:
+            values = {**values, "keypoints_detected/AP": 0.0}  # no person detected: nothing found
+        headline = {f"{head}/{key}": float(values[f"{head}/{key}"])
+                    for head, keys in HEADLINE.items() for key in keys
+                    if f"{head}/{key}" in values}  # fmt: skip
+        metrics = {k: float(v) for k, v in values.items()
+                   if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)}
+        tables, figures = {}, []
+        if "detect/result" in values:
+            result = values["detect/result"]
+            tables["detect_per_category_AP"] = result.per_category
+            figures.append(Figure("detect_pr_curves", "curves", "Detection: precision-recall at "
+                                  "IoU 0.5", {"series": result.pr_curves, "xlabel": "recall",
+                                              "ylabel": "precision"}))  # fmt: skip
+        if "segment/iou" in values:
+            names = ["background", *self.class_names]
+            tables["segment_per_class"] = [
+                {"class": n, "iou": float(i), "accuracy": float(a)}
+                for n, i, a in zip(names, values["segment/iou"].tolist(),
+                                   values["segment/accuracy"].tolist())]  # fmt: skip
+            figures.append(Figure("segment_confusion", "confusion_matrix", "Segmentation: pixel "
+                                  "confusion matrix", {"matrix": values["segment/confusion"]
+                                                       .cpu().numpy(), "names": names}))
+        if "keypoints_gt/pck_per_keypoint" in values:
+            tables["keypoints_per_keypoint_gt_boxes"] = [
+                {"keypoint": n, "PCK": float(p)} for n, p in
+                zip(self.keypoint_category["keypoints"],
+                    values["keypoints_gt/pck_per_keypoint"].tolist())]  # fmt: skip
+        if "reid/cmc" in values:
+            cmc = [float(v) for v in values["reid/cmc"]]
+            figures.append(Figure("reid_cmc", "curves", "Re-ID: CMC (ground-truth boxes)",
+                                  {"series": [{"label": "CMC", "x": list(range(1, len(cmc) + 1)),
+                                               "y": cmc}], "xlabel": "rank",
+                                   "ylabel": "matching rate"}))  # fmt: skip
+        if samples:
+            figures.append(Figure("predictions", "image_grid", "Joint predictions",
+                                  {"images": [s[0] for s in samples],
+                                   "captions": [s[1] for s in samples], "columns": 2}))
+        meta = {"heads": ", ".join(self.heads), "loss_weighting": self.hparams.loss_weighting,
+                "keypoints_gt": "keypoint AP with the ground-truth person boxes",
+                "keypoints_detected": "keypoint AP with the detector's boxes"}  # fmt: skip
+        return Report("multitask", headline, metrics, tables, figures, meta)
+
+    # ---- tools/predict.py -----------------------------------------------------------------------
+    def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
+        """Letterbox and normalise one RGB image."""
+        square, scale, pad_x, pad_y = ops.letterbox_image(image, self.hparams.image_size)
+        return {"image": multitask_transforms(False)(image=square)["image"], "scale": scale,
+                "pad": (pad_x, pad_y), "orig_size": image.shape[:2]}  # fmt: skip
+
+    def write_predictions(
+        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        out_dir: Path,
+    ) -> list[Path]:  # fmt: skip
+        """One drawing per image, ``<stem>.jpg``: mask overlay, boxes with identities, skeletons."""
+        written = []
+        for prediction, image, name in zip(predictions, images, names):
+            path = Path(out_dir) / f"{Path(name).stem}.jpg"
+            drawn = self.draw_prediction(image, prediction)
+            cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+            written.append(path)
+        return written
