@@ -16,7 +16,7 @@ import torch
 
 from vision_tasks.cli import train_main
 from vision_tasks.tasks.classify import ClassifyTask
-from vision_tasks.utils import AtomicCheckpointIO
+from vision_tasks.utils import AtomicCheckpointIO, atomic_write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -168,3 +168,16 @@ def test_channels_last_callback_trains_in_nhwc_to_the_same_result(
     assert seen and all(image and weight for image, weight in seen)
     # Same arithmetic in another memory layout: the metrics agree to float noise.
     assert _headline(nhwc) == pytest.approx(_headline(plain), abs=1e-4)
+
+
+def test_prediction_drawings_are_written_whole_in_rgb_and_bad_suffixes_fail(tmp_path) -> None:
+    import cv2
+    import numpy as np
+
+    rgb = np.zeros((5, 7, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red: a channel-order slip would read back as blue
+    path = atomic_write_image(tmp_path / "drawn.png", rgb)
+    np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), rgb)
+    assert [p.name for p in tmp_path.iterdir()] == ["drawn.png"]  # no temporary file left
+    with pytest.raises(ValueError, match="drawn.xyz"):
+        atomic_write_image(tmp_path / "drawn.xyz", rgb)

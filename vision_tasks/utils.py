@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -50,6 +51,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_write_image(path: str | Path, rgb: np.ndarray) -> Path:
+    """Encode an (H, W, 3) RGB uint8 image by the suffix of ``path`` and write it atomically."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+    try:
+        ok, encoded = cv2.imencode(Path(path).suffix, bgr)
+    except cv2.error:  # an unknown suffix raises; cv2.imwrite would just return False
+        ok = False
+    if not ok:
+        raise ValueError(f"{path}: OpenCV cannot write a {Path(path).suffix!r} image; use .jpg "
+                         f"or .png")  # fmt: skip
+    return atomic_write_bytes(path, encoded.tobytes())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

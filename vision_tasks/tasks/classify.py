@@ -26,6 +26,7 @@ from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import classify_transforms
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.tasks.base import BaseTask
+from vision_tasks.utils import atomic_write_image
 
 # ---- dataset view -----------------------------------------------------------------------------
 
@@ -285,9 +286,7 @@ class ClassifyTask(BaseTask):
         written = []
         for prediction, image, name in zip(predictions, images, names):
             text = f"{name_of[prediction['category_id']]} {prediction['score']:.2f}"
-            drawn = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-            cv2.putText(drawn, text, (4, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
-            path = out_dir / f"{Path(name).stem}_pred.jpg"
-            cv2.imwrite(str(path), drawn)
-            written.append(path)
+            drawn = np.ascontiguousarray(image).copy()
+            cv2.putText(drawn, text, (4, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 0, 0), 2)
+            written.append(atomic_write_image(out_dir / f"{Path(name).stem}_pred.jpg", drawn))
         return written

@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ from vision_tasks.evaluation.coco_eval import CocoBoxMetric, results_from_predic
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct, PANNeck
 from vision_tasks.tasks.base import BaseTask
+from vision_tasks.utils import atomic_write_image
 
 LEVELS = ("c3", "c4", "c5")
 
@@ -529,6 +529,6 @@ class DetectTask(BaseTask):
             drawn = draw_bounding_boxes(torch.from_numpy(image).permute(2, 0, 1), boxes, labels,
                                         colors="red", width=2)  # fmt: skip
             path = out_dir / f"{Path(name).stem}.jpg"
-            cv2.imwrite(str(path), cv2.cvtColor(drawn.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR))
+            atomic_write_image(path, drawn.permute(1, 2, 0).numpy())
             written.append(path)
         return written

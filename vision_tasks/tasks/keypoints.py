@@ -17,7 +17,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,6 +33,7 @@ from vision_tasks.evaluation.metrics import PCK_CURVE_THRESHOLDS, KeypointMetric
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import HeatmapHead
 from vision_tasks.tasks.base import BaseTask
+from vision_tasks.utils import atomic_write_image
 
 HEATMAP_STRIDE = 4
 CROP_ASPECT = 0.75  # width / height, as COCO top-down models (192 x 256)
@@ -615,6 +615,6 @@ class KeypointTask(BaseTask):
                                    self.skeleton, colors="red", radius=2, width=2,
                                    visibility=points[..., 2] > 0.2)  # fmt: skip
             path = out_dir / f"{Path(name).stem}.jpg"
-            cv2.imwrite(str(path), cv2.cvtColor(drawn.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR))
+            atomic_write_image(path, drawn.permute(1, 2, 0).numpy())
             written.append(path)
         return written

@@ -15,6 +15,7 @@ part of the network input are resized bilinearly to the original size, as predic
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from vision_tasks.evaluation.metrics import SegmentationMetric
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct, UNetDecoder
 from vision_tasks.tasks.base import BaseTask
+from vision_tasks.utils import atomic_write_bytes, atomic_write_image
 
 IGNORE_INDEX = 255
 NETWORK_STRIDE = 32  # c5's stride: inputs are padded to a multiple of it
@@ -490,7 +492,9 @@ class SegmentTask(BaseTask):
             png.putpalette(PALETTE.ravel().tolist())
             label_path = out_dir / f"{stem}_label.png"
             overlay_path = out_dir / f"{stem}_overlay.png"
-            png.save(label_path)
-            cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay(image, label), cv2.COLOR_RGB2BGR))
+            buffer = io.BytesIO()
+            png.save(buffer, format="PNG")
+            atomic_write_bytes(label_path, buffer.getvalue())
+            atomic_write_image(overlay_path, overlay(image, label))
             written += [label_path, overlay_path]
         return written

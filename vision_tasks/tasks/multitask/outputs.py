@@ -23,6 +23,7 @@ from vision_tasks.evaluation.coco_eval import results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.tasks.keypoints import decode_heatmaps, instance_scores
 from vision_tasks.tasks.segment import label_map_results, overlay
+from vision_tasks.utils import atomic_write_image
 
 HEADLINE = {
     "detect": ("AP", "AP50"),
@@ -346,6 +347,6 @@ class MultiTaskOutputs:
         for prediction, image, name in zip(predictions, images, names):
             path = Path(out_dir) / f"{Path(name).stem}.jpg"
             drawn = self.draw_prediction(image, prediction)
-            cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+            atomic_write_image(path, drawn)
             written.append(path)
         return written
