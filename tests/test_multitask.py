@@ -258,6 +258,20 @@ def test_predict_writes_one_results_file_per_head_and_one_drawing_per_image(
     assert drawings == sorted(Path(i["file_name"]).stem for i in index.coco.dataset["images"])
 
 
+def test_a_batch_without_detections_counts_for_keypoints_on_detected_boxes(data) -> None:
+    import warnings
+
+    model = make_model(data, heads=["detect", "keypoints"])
+    metric = model.val_metric["keypoints_detected"]
+    batch = batch_of(data, images_with_people(data)[:1])
+    model._update_keypoints_detected(metric, {"on_detections": {}}, batch)
+    with warnings.catch_warnings():
+        # torchmetrics warns when compute() comes before any update(): nobody found is a result.
+        warnings.simplefilter("error")
+        values = metric.compute()
+    assert values["instances"] == 0 and values["records"] == []
+
+
 def test_crop_regions_are_what_the_single_task_crop_shows() -> None:
     import numpy as np
 

@@ -321,7 +321,8 @@ class KeypointMetric(Metric):
 
     def compute(self) -> dict[str, Any]:
         """PCK over the collected instances; COCOeval keypoint stats when ``index`` is set."""
-        if len(self.sample_ids) == 0:  # a list per batch, or one tensor once synced
+        # A list per batch, or one tensor once synced; empty updates stand for "nobody found".
+        if len(self.sample_ids) == 0 or dim_zero_cat(self.sample_ids).numel() == 0:
             return {"instances": 0, "PCK": float("nan"), "records": []}
         ids = dim_zero_cat(self.sample_ids).cpu().numpy()
         _, keep = np.unique(ids, return_index=True)

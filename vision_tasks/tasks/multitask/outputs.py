@@ -126,6 +126,11 @@ class MultiTaskOutputs:
     def _update_keypoints_detected(self, metric: Any, outputs: dict, batch: dict) -> None:
         found = outputs.get("on_detections", {})
         if found.get("keypoints") is None:
+            # Nobody detected is still a result (every person of these images is missed), and an
+            # empty update keeps torchmetrics from warning that compute() came before update().
+            points = torch.zeros(0, len(metric.sigmas), 3, dtype=torch.float64)
+            ids = torch.zeros(0, dtype=torch.long)
+            metric.update(ids, ids, points, ids.double(), points, ids.double())
             return
         predicted = self._image_keypoints(found["keypoints"], batch)
         box_scores = torch.cat(found["keypoint_scores"]).double().cpu()
