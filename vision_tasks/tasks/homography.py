@@ -1,12 +1,15 @@
-"""Homography regression (HomographyNet, DeTone et al. 2016): pairs -> head -> loss -> task.
+"""Homography estimation between patch pairs: pairs -> heads -> losses -> task.
 
 A pair is cut from any COCO image (annotations ignored): the image is made grey and resized
 (320x240 by default), a random ``patch_size`` square is taken, its 4 corners are moved by up to
 ``rho`` pixels each, and the quadrilateral they span is warped back onto a square: the second
-patch. The network sees both patches stacked (2 channels) and regresses the 8 corner offsets
-(divided by ``rho``). Corners are (x, y) in pixels of the first patch, clockwise from top-left
-(``ops.square_corners``); the homography of a pair maps the square onto the moved corners, and
-patch B at pixel ``q`` shows what the image shows at ``H q`` (in patch-A pixels).
+patch. Two architectures: ``regression`` (HomographyNet, DeTone et al. 2016) sees both patches
+stacked (2 channels) and regresses the 8 corner offsets (divided by ``rho``); ``correlation``
+(in the spirit of IHN, Cao et al. 2022) matches every feature cell of A in B and fits the
+homography to the matches (see :class:`HomographyTask`). Corners are (x, y) in pixels of the
+first patch, clockwise from top-left (``ops.square_corners``); the homography of a pair maps the
+square onto the moved corners, and patch B at pixel ``q`` shows what the image shows at ``H q``
+(in patch-A pixels).
 
 Evaluation compares, on the same seeded validation pairs, the network with two baselines: the
 identity (zero offsets) and ORB + RANSAC (OpenCV), where a failed estimate counts as identity.
@@ -617,7 +620,9 @@ class HomographyTask(BaseTask):
 
     def build_report(self, values: dict[str, Any], samples: list) -> Report:
         """Table of the three methods, error histogram, drawn examples."""
-        methods = {"model": "HomographyNet", "identity": "identity", "orb": "ORB + RANSAC"}
+        network = {"regression": "HomographyNet", "correlation": "correlation + DLT"}
+        methods = {"model": network[self.hparams.architecture], "identity": "identity",
+                   "orb": "ORB + RANSAC"}  # fmt: skip
         table = [
             {"method": name, "mace_px": float(values[f"{key}_mace"]),
              "median_px": float(values[f"{key}_median"]), "p90_px": float(values[f"{key}_p90"]),
@@ -632,7 +637,7 @@ class HomographyTask(BaseTask):
         errors = {name: values[f"{key}_errors"].cpu().tolist() for key, name in methods.items()}
         metrics = {**headline, "orb_ransac_failure_rate": float(values["orb_failure_rate"]),
                    "median": float(values["model_median"]),
-                   "pairs": len(errors["HomographyNet"])}  # fmt: skip
+                   "pairs": len(errors[methods["model"]])}  # fmt: skip
         figures = [
             Figure("corner_error_histogram", "histogram", "Mean corner error per pair",
                    {"values": errors, "xlabel": "mean corner error (px)", "bins": 40}),
