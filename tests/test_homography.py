@@ -23,6 +23,7 @@ from vision_tasks.tasks.homography import (
     orb_ransac_corners,
     random_pair,
     true_matches,
+    windowed_soft_argmax,
 )
 
 
@@ -351,20 +352,20 @@ def test_true_matches_equal_opencv_perspective_transform_of_the_grid() -> None:
 
 def test_correlation_of_features_and_their_shifted_copy_peaks_at_the_shift() -> None:
     torch.manual_seed(0)
-    head = CorrelationHead(in_channels=32, embed_channels=32, window=1)
+    head = CorrelationHead(in_channels=32, embed_channels=32)
     with torch.no_grad():
         head.log_scale.fill_(np.log(200.0))  # a sharp softmax: the window mean is the peak
     features_a = torch.randn(2, 32, 10, 10)
     shift = (2, -3)  # (dx, dy) in cells: B at (x + dx, y + dy) shows A at (x, y)
     features_b = torch.roll(features_a, shifts=(shift[1], shift[0]), dims=(2, 3))
-    outputs = head(features_a, features_b)
+    logits = head(features_a, features_b)["logits"]
+    matches, confidence = windowed_soft_argmax(logits, window=1)
     grid = cell_grid(10, 10)
     inside = ((grid + torch.tensor(shift) >= 0) & (grid + torch.tensor(shift) <= 9)).all(-1)
     expected = grid + torch.tensor(shift, dtype=torch.float32)
-    torch.testing.assert_close(outputs["matches"][:, inside], expected[inside].expand(2, -1, -1),
+    torch.testing.assert_close(matches[:, inside], expected[inside].expand(2, -1, -1),
                                atol=1e-3, rtol=0)  # fmt: skip
-    assert outputs["confidence"][:, inside].min() > 0.99
-    assert outputs["logits"].shape == (2, 100, 100)
+    assert confidence[:, inside].min() > 0.99 and logits.shape == (2, 100, 100)
 
 
 def test_correlation_loss_prefers_the_true_match_and_skips_cells_that_left_patch_b() -> None:
@@ -400,10 +401,10 @@ def test_correlation_model_is_siamese_truncated_and_trains_end_to_end() -> None:
     assert model.backbone.stem[0].in_channels == 1 and len(model.backbone.stages) == 2
     assert set(model.backbone(torch.zeros(1, 1, 64, 64))) == {"stem", "c2", "c3"}
     images = torch.randn(2, 2, 64, 64)
-    outputs = model(images)
-    assert outputs["matches"].shape == (2, 64, 2) and outputs["confidence"].shape == (2, 64)
-    # Swapping A and B changes the matches: the two patches are not pooled into one.
-    assert not torch.allclose(model(images.flip(1))["matches"], outputs["matches"])
+    logits = model(images)["logits"]
+    assert logits.shape == (2, 64, 64)
+    # Swapping A and B transposes the correlation: the two patches are not pooled into one.
+    torch.testing.assert_close(model(images.flip(1))["logits"], logits.transpose(1, 2))
     model.train()
     batch = {"corners": ops.square_corners(64).expand(2, 4, 2) + 5.0}
     loss = model.compute_loss(model(images), batch)["loss"]
@@ -420,15 +421,15 @@ def test_correlation_decoding_recovers_the_corners_from_matches_with_outliers() 
     corners = ops.square_corners(64, torch.float64) + moves
     points_a = model.cell_points(64).double()
     matches = model.patch_to_cells(true_matches(corners, points_a, 64))
-    exact = {"matches": matches, "confidence": torch.ones(2, 64, dtype=torch.float64)}
-    torch.testing.assert_close(model.predicted_corners(exact), corners, atol=1e-6, rtol=0)
+    ones = torch.ones(2, 64, dtype=torch.float64)
+    torch.testing.assert_close(model.corners_from_matches(matches, ones), corners, atol=1e-6,
+                               rtol=0)  # fmt: skip
     # A quarter of the matches 3 cells (24 px) off: the reweighted fit still lands within
     # 0.5 px, the first (unweighted) fit alone is pulled tens of pixels away.
     wrong = matches.clone()
     wrong[:, ::4] += 3.0
-    noisy = {"matches": wrong, "confidence": torch.ones(2, 64, dtype=torch.float64)}
-    assert (model.predicted_corners(noisy) - corners).norm(dim=-1).max() < 0.5
-    plain = _correlation_model(robust_iterations=0).predicted_corners(noisy)
+    assert (model.corners_from_matches(wrong, ones) - corners).norm(dim=-1).max() < 0.5
+    plain = _correlation_model(robust_iterations=0).corners_from_matches(wrong, ones)
     assert (plain - corners).norm(dim=-1).max() > 5.0
 
 

@@ -263,35 +263,46 @@ def homography_loss(
 
 
 class CorrelationHead(nn.Module):
-    """Matches every cell of A's feature map in B's: global correlation -> windowed soft-argmax.
+    """Global correlation of A's feature map with B's.
 
-    (B, C, h, w) features of A and of B -> dict of
-        ``logits``: (B, N, N) scaled cosine similarity of each A cell (rows, N = h w) with each
-        B cell; ``matches``: (B, N, 2) where each A cell lies in B, in feature cells (x, y),
-        the soft-argmax over the ``window``-cell neighbourhood of the best match (sub-cell
-        precision without the pull of distant, ambiguous peaks); ``confidence``: (B, N) the
-        softmax mass inside that neighbourhood.
+    (B, C, h, w) features of A and of B -> ``{"logits": (B, N, N)}``, the scaled cosine
+    similarity of each A cell (rows, N = h w, row-major) with each B cell. The matches are
+    taken from it in decoding (:func:`windowed_soft_argmax`): its arg-max jumps a cell on a
+    1e-7 difference between near-equal logits, so it stays out of the exported graph, whose
+    outputs ONNX Runtime must reproduce to 1e-4.
     """
 
-    def __init__(self, in_channels: int, embed_channels: int = 64, window: int = 1) -> None:
+    def __init__(self, in_channels: int, embed_channels: int = 64) -> None:
         super().__init__()
         self.project = nn.Conv2d(in_channels, embed_channels, kernel_size=1)
         # Cosine similarity needs a temperature to make a peaked softmax; learned, from 1/0.1.
         self.log_scale = nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
-        self.window = window
 
     def forward(self, features_a: Tensor, features_b: Tensor) -> dict[str, Tensor]:
-        """(B, C, h, w) twice -> ``logits``, ``matches``, ``confidence`` (see the class)."""
+        """(B, C, h, w) twice -> ``{"logits": (B, N, N)}``."""
         a = F.normalize(self.project(features_a).flatten(2), dim=1)  # (B, E, N)
         b = F.normalize(self.project(features_b).flatten(2), dim=1)
-        logits = self.log_scale.exp() * (a.transpose(1, 2) @ b)  # (B, N, N)
-        grid = cell_grid(*features_b.shape[-2:]).to(logits)  # (N, 2)
-        peak = grid[logits.argmax(-1)]  # (B, N, 2)
-        near = ((grid - peak[..., None, :]).abs() <= self.window).all(-1)  # (B, N, N)
-        mass = logits.softmax(-1) * near
-        confidence = mass.sum(-1)
-        matches = (mass / confidence[..., None]) @ grid
-        return {"logits": logits, "matches": matches, "confidence": confidence}
+        return {"logits": self.log_scale.exp() * (a.transpose(1, 2) @ b)}
+
+
+def windowed_soft_argmax(logits: Tensor, window: int = 1) -> tuple[Tensor, Tensor]:
+    """Where each A cell lies in B: the soft-argmax over the ``window``-cell neighbourhood of its
+    best match (sub-cell precision without the pull of distant, ambiguous peaks).
+
+    Args:
+        logits: (B, N, N) correlation of each A cell with each cell of B's square grid.
+
+    Returns:
+        ``(matches, confidence)``: (B, N, 2) positions in B in feature cells (x, y) and (B, N)
+        the softmax mass inside the neighbourhood.
+    """
+    side = round(logits.shape[-1] ** 0.5)
+    grid = cell_grid(side, side).to(logits)  # (N, 2)
+    peak = grid[logits.argmax(-1)]  # (B, N, 2)
+    near = ((grid - peak[..., None, :]).abs() <= window).all(-1)  # (B, N, N)
+    mass = logits.softmax(-1) * near
+    confidence = mass.sum(-1)
+    return (mass / confidence[..., None]) @ grid, confidence
 
 
 def cell_grid(height: int, width: int) -> Tensor:
@@ -483,7 +494,7 @@ class HomographyTask(BaseTask):
         channels = self.backbone.out_channels[feature_level]
         if siamese:
             self.backbone.truncate(feature_level)
-            self.head = CorrelationHead(channels, embed_channels, window)
+            self.head = CorrelationHead(channels, embed_channels)
         else:
             self.head = HomographyHead(channels, reduce_channels, pool_size, hidden, dropout)
         self.val_metric = MetricCollection({"model": CornerError(), "identity": CornerError()},
@@ -504,7 +515,7 @@ class HomographyTask(BaseTask):
 
     def forward(self, images: Tensor) -> Tensor | dict[str, Tensor]:
         """(B, 2, S, S) normalised patch pairs -> ``regression``: (B, 8) corner offsets divided
-        by rho; ``correlation``: the :class:`CorrelationHead` dict (matches in feature cells).
+        by rho; ``correlation``: ``{"logits": (B, N, N)}`` of :class:`CorrelationHead`.
         """
         level = self.hparams.feature_level
         if self.hparams.architecture == "regression":
@@ -535,9 +546,16 @@ class HomographyTask(BaseTask):
         """Network outputs -> (B, 4, 2) predicted corners in patch pixels (one pass)."""
         if self.hparams.architecture == "regression":
             return ops.offsets_to_corners(outputs * self.hparams.rho, self.hparams.patch_size)
-        matches = self.cells_to_patch(outputs["matches"].double())
+        return self.corners_from_matches(*windowed_soft_argmax(outputs["logits"],
+                                                               self.hparams.window))  # fmt: skip
+
+    def corners_from_matches(self, matches: Tensor, confidence: Tensor) -> Tensor:
+        """(B, N, 2) matches in B (feature cells) of A's cells, (B, N) confidences -> (B, 4, 2)
+        corners in patch pixels: a robust weighted DLT fit of B -> A.
+        """
+        matches = self.cells_to_patch(matches.double())
         points_a = self.cell_points(matches.shape[1]).to(matches).expand_as(matches)
-        confidence = outputs["confidence"].double()
+        confidence = confidence.double()
         weights = confidence
         # Iteratively reweighted least squares (Cauchy weights): cells of A whose content left
         # patch B, or repeated texture, give wrong matches that a plain fit would average in.
@@ -564,11 +582,12 @@ class HomographyTask(BaseTask):
         """``regression``: loss on the offsets scaled by rho; ``correlation``: dense matching
         loss of every A cell against where the true homography puts it in B."""
         if self.hparams.architecture == "correlation":
-            points_a = self.cell_points(outputs["matches"].shape[1]).to(batch["corners"])
+            logits = outputs["logits"]
+            matches = windowed_soft_argmax(logits, self.hparams.window)[0]
+            points_a = self.cell_points(logits.shape[1]).to(batch["corners"])
             target = true_matches(batch["corners"], points_a, self.hparams.patch_size)
-            side = round(outputs["matches"].shape[1] ** 0.5)
-            loss = correlation_loss(outputs["logits"], outputs["matches"],
-                                    self.patch_to_cells(target), side)  # fmt: skip
+            side = round(logits.shape[1] ** 0.5)
+            loss = correlation_loss(logits, matches, self.patch_to_cells(target), side)
             return {"loss": loss}
         square = ops.square_corners(self.hparams.patch_size).to(outputs)
         target = ((batch["corners"] - square) / self.hparams.rho).flatten(1)
