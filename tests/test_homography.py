@@ -10,14 +10,20 @@ import pytest
 import torch
 
 from vision_tasks import ops
+from vision_tasks.backbone import Backbone
 from vision_tasks.data.coco import CocoIndex
 from vision_tasks.data.transforms import homography_transforms
 from vision_tasks.evaluation.metrics import CornerError
 from vision_tasks.tasks.homography import (
+    CorrelationHead,
     HomographyDataset,
     HomographyTask,
+    cell_grid,
+    correlation_loss,
     orb_ransac_corners,
     random_pair,
+    true_matches,
+    windowed_soft_argmax,
 )
 
 
@@ -304,3 +310,131 @@ def test_decode_and_predict_write_consistent_corners(model: HomographyTask, tmp_
     offset = np.array(record["true_corners_in_image"]) - np.array(record["true_corners"])
     np.testing.assert_allclose(offset, np.tile(record["patch_origin"], (4, 1)))
     assert cv2.imread(str(tmp_path / "pic.homography.png")) is not None and len(written) == 2
+
+
+# ---- correlation architecture -------------------------------------------------------------------
+
+
+def test_weighted_dlt_matches_opencv_on_exact_correspondences_and_ignores_zero_weights() -> None:
+    rng = np.random.default_rng(3)
+    src, dst = _quads(rng, 3)
+    points = torch.from_numpy(rng.uniform(-10, 140, (3, 40, 2)))
+    truth = ops.four_point_to_homography(src, dst)
+    mapped = ops.apply_homography(truth, points)
+    weights = torch.from_numpy(rng.uniform(0.2, 1.0, (3, 40)))
+    estimate = ops.weighted_dlt(points, mapped, weights).numpy()
+    for i in range(3):
+        reference, _ = cv2.findHomography(points[i].numpy(), mapped[i].numpy(), 0)
+        # OpenCV polishes its fit with Levenberg-Marquardt to ~1e-7 relative, not to 1e-12.
+        np.testing.assert_allclose(estimate[i], reference, rtol=1e-5, atol=1e-8)
+    # Gross outliers with weight 0 change nothing; with weight 1 they would.
+    corrupted = mapped.clone()
+    corrupted[:, :8] += 50.0
+    weights[:, :8] = 0.0
+    np.testing.assert_allclose(ops.weighted_dlt(points, corrupted, weights).numpy(), estimate,
+                               rtol=0, atol=1e-6)  # fmt: skip
+    unweighted = ops.weighted_dlt(points, corrupted, torch.ones(3, 40)).numpy()
+    assert np.abs(unweighted - estimate).max() > 1e-3
+
+
+def test_true_matches_equal_opencv_perspective_transform_of_the_grid() -> None:
+    rng = np.random.default_rng(4)
+    moves = torch.from_numpy(rng.uniform(-32, 32, (2, 4, 2)))
+    corners = ops.square_corners(128, torch.float64) + moves
+    grid = cell_grid(16, 16).double() * 8 + 3.5
+    matches = true_matches(corners, grid, 128).numpy()
+    square = ops.square_corners(128).numpy()
+    for i in range(2):
+        to_b = cv2.getPerspectiveTransform(corners[i].float().numpy(), square)
+        expected = cv2.perspectiveTransform(grid.numpy()[None], to_b.astype(np.float64))[0]
+        np.testing.assert_allclose(matches[i], expected, rtol=0, atol=1e-3)
+
+
+def test_correlation_of_features_and_their_shifted_copy_peaks_at_the_shift() -> None:
+    torch.manual_seed(0)
+    head = CorrelationHead(in_channels=32, embed_channels=32)
+    with torch.no_grad():
+        head.log_scale.fill_(np.log(200.0))  # a sharp softmax: the window mean is the peak
+    features_a = torch.randn(2, 32, 10, 10)
+    shift = (2, -3)  # (dx, dy) in cells: B at (x + dx, y + dy) shows A at (x, y)
+    features_b = torch.roll(features_a, shifts=(shift[1], shift[0]), dims=(2, 3))
+    logits = head(features_a, features_b)["logits"]
+    matches, confidence = windowed_soft_argmax(logits, window=1)
+    grid = cell_grid(10, 10)
+    inside = ((grid + torch.tensor(shift) >= 0) & (grid + torch.tensor(shift) <= 9)).all(-1)
+    expected = grid + torch.tensor(shift, dtype=torch.float32)
+    torch.testing.assert_close(matches[:, inside], expected[inside].expand(2, -1, -1),
+                               atol=1e-3, rtol=0)  # fmt: skip
+    assert confidence[:, inside].min() > 0.99 and logits.shape == (2, 100, 100)
+
+
+def test_correlation_loss_prefers_the_true_match_and_skips_cells_that_left_patch_b() -> None:
+    grid = cell_grid(4, 4)
+    target = (grid + 0.5)[None]  # every cell half a cell right and down
+    flat = torch.zeros(1, 16, 16)
+    # Logits that put all mass on the 4 cells round the target, in the bilinear proportions.
+    split = (1 - (grid - target[..., None, :]).abs()).clamp_min(0).prod(-1)
+    good = torch.where(split > 0, split.clamp_min(1e-9).log(), torch.full_like(split, -1e4))
+    loss_good = correlation_loss(good, target.clone(), target, 4)
+    loss_bad = correlation_loss(flat, grid[None].clone(), target, 4)
+    assert loss_good < loss_bad
+    # The bilinear target's mean is the true position (what the soft-argmax is fitted to).
+    inside = (target[0] <= 3).all(-1)
+    torch.testing.assert_close((split[0] @ grid)[inside], target[0][inside])
+    # A cell whose match is outside B costs nothing, however wrong the prediction.
+    far = target.clone()
+    far[0, 0] = torch.tensor([-5.0, 2.0])
+    wrong = target.clone()
+    wrong[0, 0] = 100.0
+    assert correlation_loss(good, wrong, far, 4) == pytest.approx(float(
+        correlation_loss(good, target.clone(), far, 4)), abs=1e-5)  # fmt: skip
+
+
+def _correlation_model(**kwargs) -> HomographyTask:
+    torch.manual_seed(0)
+    return HomographyTask(image_size=64, patch_size=64, rho=16.0, architecture="correlation",
+                          feature_level="c3", embed_channels=16, **kwargs).eval()  # fmt: skip
+
+
+def test_correlation_model_is_siamese_truncated_and_trains_end_to_end() -> None:
+    model = _correlation_model()
+    assert model.backbone.stem[0].in_channels == 1 and len(model.backbone.stages) == 2
+    assert set(model.backbone(torch.zeros(1, 1, 64, 64))) == {"stem", "c2", "c3"}
+    images = torch.randn(2, 2, 64, 64)
+    logits = model(images)["logits"]
+    assert logits.shape == (2, 64, 64)
+    # Swapping A and B transposes the correlation: the two patches are not pooled into one.
+    torch.testing.assert_close(model(images.flip(1))["logits"], logits.transpose(1, 2))
+    model.train()
+    batch = {"corners": ops.square_corners(64).expand(2, 4, 2) + 5.0}
+    loss = model.compute_loss(model(images), batch)["loss"]
+    loss.backward()
+    assert loss > 0 and model.backbone.stem[0].weight.grad.abs().sum() > 0
+    assert model.head.log_scale.grad is not None
+    model.eval()
+
+
+def test_correlation_decoding_recovers_the_corners_from_matches_with_outliers() -> None:
+    model = _correlation_model(robust_scale=2.0, robust_iterations=5)
+    rng = np.random.default_rng(5)
+    moves = torch.from_numpy(rng.uniform(-16, 16, (2, 4, 2)))
+    corners = ops.square_corners(64, torch.float64) + moves
+    points_a = model.cell_points(64).double()
+    matches = model.patch_to_cells(true_matches(corners, points_a, 64))
+    ones = torch.ones(2, 64, dtype=torch.float64)
+    torch.testing.assert_close(model.corners_from_matches(matches, ones), corners, atol=1e-6,
+                               rtol=0)  # fmt: skip
+    # A quarter of the matches 3 cells (24 px) off: the reweighted fit still lands within
+    # 0.5 px, the first (unweighted) fit alone is pulled tens of pixels away.
+    wrong = matches.clone()
+    wrong[:, ::4] += 3.0
+    assert (model.corners_from_matches(wrong, ones) - corners).norm(dim=-1).max() < 0.5
+    plain = _correlation_model(robust_iterations=0).corners_from_matches(wrong, ones)
+    assert (plain - corners).norm(dim=-1).max() > 5.0
+
+
+def test_backbone_truncate_drops_the_later_stages() -> None:
+    trunk = Backbone("resnet18", weights="none", in_channels=1)
+    trunk.truncate("c3")
+    assert set(trunk.out_channels) == {"stem", "c2", "c3"} and "c4" not in trunk.strides
+    assert not any(k.startswith("stages.2") for k in trunk.state_dict())

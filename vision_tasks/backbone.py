@@ -89,6 +89,14 @@ class Backbone(nn.Module):
             features[level] = out
         return features
 
+    def truncate(self, last_level: str) -> None:
+        """Drop the stages after ``last_level`` (e.g. ``c3``): a head that reads only early levels
+        then neither computes nor stores the rest."""
+        keep = LEVELS.index(last_level)
+        self.stages = self.stages[:keep]
+        self.out_channels = {k: v for k, v in self.out_channels.items() if LEVELS.index(k) <= keep}
+        self.strides = {k: v for k, v in self.strides.items() if LEVELS.index(k) <= keep}
+
     def freeze(self, freeze_at: int) -> None:
         """Stop gradients to the stem (``freeze_at >= 1``) and stages c2..c<freeze_at>."""
         self.freeze_at = freeze_at

@@ -219,6 +219,47 @@ def apply_homography(homography: Tensor, points: Tensor) -> Tensor:
     return mapped / scale
 
 
+def weighted_dlt(src: Tensor, dst: Tensor, weights: Tensor) -> Tensor:
+    """Least-squares homographies from weighted correspondences (normalised DLT, float64).
+
+    Args:
+        src: (B, N, 2) source points (x, y), N >= 4.
+        dst: (B, N, 2) destination points.
+        weights: (B, N) non-negative weights (0 drops a correspondence).
+
+    Returns:
+        (B, 3, 3) homographies ``H`` with ``dst ~ H @ [src, 1]`` and ``H[2, 2] = 1``, in ``src``'s
+        dtype; on exact correspondences the one ``cv2.findHomography(method=0)`` returns.
+    """
+    s, d, w = src.double(), dst.double(), weights.double().clamp_min(0)
+    # Hartley normalisation: without it the 9x9 normal matrix mixes 1 and 1e8 entries in pixels.
+    t_src, t_dst = _hartley(s, w), _hartley(d, w)
+    sn, dn = apply_homography(t_src, s), apply_homography(t_dst, d)
+    x, y, u, v = sn[..., 0], sn[..., 1], dn[..., 0], dn[..., 1]
+    ones, zeros = torch.ones_like(x), torch.zeros_like(x)
+    rows_u = torch.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y, -u], dim=-1)
+    rows_v = torch.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y, -v], dim=-1)
+    system = torch.cat([rows_u, rows_v], dim=1) * w.sqrt().repeat(1, 2)[..., None]
+    # The solution is the normal matrix's eigenvector of the smallest eigenvalue (eigh: ascending).
+    h = torch.linalg.eigh(system.transpose(1, 2) @ system)[1][..., 0].reshape(-1, 3, 3)
+    homography = torch.linalg.inv(t_dst) @ h @ t_src
+    return (homography / homography[:, 2:, 2:]).to(src.dtype)
+
+
+def _hartley(points: Tensor, weights: Tensor) -> Tensor:
+    """(B, N, 2) points, (B, N) weights -> (B, 3, 3) similarity moving their weighted centroid
+    to the origin and their weighted mean distance from it to sqrt(2)."""
+    total = weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    centre = (points * weights[..., None]).sum(1) / total
+    spread = ((points - centre[:, None]).norm(dim=-1) * weights).sum(-1, keepdim=True) / total
+    scale = (2**0.5 / spread.clamp_min(1e-12)).squeeze(-1)
+    transform = torch.zeros(points.shape[0], 3, 3, dtype=points.dtype, device=points.device)
+    transform[:, 0, 0] = transform[:, 1, 1] = scale
+    transform[:, :2, 2] = -scale[:, None] * centre
+    transform[:, 2, 2] = 1
+    return transform
+
+
 def offsets_to_corners(offsets: Tensor, size: int) -> Tensor:
     """(B, 8) corner offsets in pixels -> (B, 4, 2) corners of a moved ``size`` square."""
     return square_corners(size, offsets.dtype).to(offsets.device) + offsets.reshape(-1, 4, 2)

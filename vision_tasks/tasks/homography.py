@@ -1,12 +1,15 @@
-"""Homography regression (HomographyNet, DeTone et al. 2016): pairs -> head -> loss -> task.
+"""Homography estimation between patch pairs: pairs -> heads -> losses -> task.
 
 A pair is cut from any COCO image (annotations ignored): the image is made grey and resized
 (320x240 by default), a random ``patch_size`` square is taken, its 4 corners are moved by up to
 ``rho`` pixels each, and the quadrilateral they span is warped back onto a square: the second
-patch. The network sees both patches stacked (2 channels) and regresses the 8 corner offsets
-(divided by ``rho``). Corners are (x, y) in pixels of the first patch, clockwise from top-left
-(``ops.square_corners``); the homography of a pair maps the square onto the moved corners, and
-patch B at pixel ``q`` shows what the image shows at ``H q`` (in patch-A pixels).
+patch. Two architectures: ``regression`` (HomographyNet, DeTone et al. 2016) sees both patches
+stacked (2 channels) and regresses the 8 corner offsets (divided by ``rho``); ``correlation``
+(in the spirit of IHN, Cao et al. 2022) matches every feature cell of A in B and fits the
+homography to the matches (see :class:`HomographyTask`). Corners are (x, y) in pixels of the
+first patch, clockwise from top-left (``ops.square_corners``); the homography of a pair maps the
+square onto the moved corners, and patch B at pixel ``q`` shows what the image shows at ``H q``
+(in patch-A pixels).
 
 Evaluation compares, on the same seeded validation pairs, the network with two baselines: the
 identity (zero offsets) and ORB + RANSAC (OpenCV), where a failed estimate counts as identity.
@@ -259,6 +262,88 @@ def homography_loss(
     return F.smooth_l1_loss(outputs, target, beta=0.1)
 
 
+class CorrelationHead(nn.Module):
+    """Global correlation of A's feature map with B's.
+
+    (B, C, h, w) features of A and of B -> ``{"logits": (B, N, N)}``, the scaled cosine
+    similarity of each A cell (rows, N = h w, row-major) with each B cell. The matches are
+    taken from it in decoding (:func:`windowed_soft_argmax`): its arg-max jumps a cell on a
+    1e-7 difference between near-equal logits, so it stays out of the exported graph, whose
+    outputs ONNX Runtime must reproduce to 1e-4.
+    """
+
+    def __init__(self, in_channels: int, embed_channels: int = 64) -> None:
+        super().__init__()
+        self.project = nn.Conv2d(in_channels, embed_channels, kernel_size=1)
+        # Cosine similarity needs a temperature to make a peaked softmax; learned, from 1/0.1.
+        self.log_scale = nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
+
+    def forward(self, features_a: Tensor, features_b: Tensor) -> dict[str, Tensor]:
+        """(B, C, h, w) twice -> ``{"logits": (B, N, N)}``."""
+        a = F.normalize(self.project(features_a).flatten(2), dim=1)  # (B, E, N)
+        b = F.normalize(self.project(features_b).flatten(2), dim=1)
+        return {"logits": self.log_scale.exp() * (a.transpose(1, 2) @ b)}
+
+
+def windowed_soft_argmax(logits: Tensor, window: int = 1) -> tuple[Tensor, Tensor]:
+    """Where each A cell lies in B: the soft-argmax over the ``window``-cell neighbourhood of its
+    best match (sub-cell precision without the pull of distant, ambiguous peaks).
+
+    Args:
+        logits: (B, N, N) correlation of each A cell with each cell of B's square grid.
+
+    Returns:
+        ``(matches, confidence)``: (B, N, 2) positions in B in feature cells (x, y) and (B, N)
+        the softmax mass inside the neighbourhood.
+    """
+    side = round(logits.shape[-1] ** 0.5)
+    grid = cell_grid(side, side).to(logits)  # (N, 2)
+    peak = grid[logits.argmax(-1)]  # (B, N, 2)
+    near = ((grid - peak[..., None, :]).abs() <= window).all(-1)  # (B, N, N)
+    mass = logits.softmax(-1) * near
+    confidence = mass.sum(-1)
+    return (mass / confidence[..., None]) @ grid, confidence
+
+
+def cell_grid(height: int, width: int) -> Tensor:
+    """(h w, 2) float (x, y) cell coordinates of an h x w feature map, row-major."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([xs, ys], dim=-1).reshape(-1, 2).float()
+
+
+def true_matches(corners: Tensor, points_a: Tensor, patch_size: int) -> Tensor:
+    """Where (B, N, 2) points of patch A lie in patch B, given the (B, 4, 2) true corners.
+
+    Patch B at ``q`` shows A at ``H q`` (H: square -> corners), so A's point ``p`` is at
+    ``H^-1 p`` in B. Returns (B, N, 2) in patch pixels (float64).
+    """
+    homography = ops.corners_to_homography(corners.double(), patch_size)
+    return ops.apply_homography(torch.linalg.inv(homography), points_a.double())
+
+
+def correlation_loss(logits: Tensor, matches: Tensor, target: Tensor, size: int) -> Tensor:
+    """Dense matching loss of one pair batch, all in feature cells.
+
+    Args:
+        logits: (B, N, N) correlation of each A cell with each B cell.
+        matches: (B, N, 2) predicted positions in B.
+        target: (B, N, 2) true positions in B; those outside the ``size`` x ``size`` grid of B
+            (no match to find) are left out.
+
+    Returns:
+        Cross-entropy against the bilinear split of the true position over its 4 neighbouring
+        cells (a target whose mean is the true position) + smooth L1 of the soft-argmax.
+    """
+    inside = ((target >= 0) & (target <= size - 1)).all(-1)  # (B, N)
+    if not inside.any():
+        return logits.sum() * 0.0
+    grid = cell_grid(size, size).to(logits)
+    split = (1 - (grid - target[..., None, :].to(logits)).abs()).clamp_min(0).prod(-1)
+    cross_entropy = -(split * logits.log_softmax(-1)).sum(-1)
+    position = F.smooth_l1_loss(matches, target.to(matches), beta=0.25, reduction="none").sum(-1)
+    return (cross_entropy + position)[inside].mean()
+
+
 # ---- ORB + RANSAC baseline ----------------------------------------------------------------------
 
 
@@ -337,7 +422,14 @@ def draw_pair(
 
 
 class HomographyTask(BaseTask):
-    """Two stacked grey patches -> backbone (``in_channels=2``) -> pooled c5 -> 8 corner offsets.
+    """Two grey patches -> corner estimate, by one of two architectures.
+
+    ``regression`` (DeTone et al.): the patches stacked -> backbone (``in_channels=2``) ->
+    pooled ``feature_level`` -> 8 corner offsets. ``correlation`` (in the spirit of IHN, Cao et
+    al. 2022): each patch alone through the backbone (``in_channels=1``, cut after
+    ``feature_level``) -> global correlation of the two feature maps -> a match in B for every
+    cell of A, supervised densely by the true homography -> in decoding, a robust weighted DLT
+    of those matches. Both refine by ``refine_steps`` passes on patch B undone by the estimate.
 
     Args:
         categories: COCO category records; linked from the data module, unused by the model.
@@ -345,11 +437,16 @@ class HomographyTask(BaseTask):
         patch_size: side of the patches the corners are measured in (pixels).
         rho: corner perturbation range; targets are offsets / ``rho``.
         loss: ``smooth_l1`` or ``l2`` on the scaled offsets.
-        feature_level: backbone level the head reads (``c4`` or ``c5``).
+        architecture: ``regression`` or ``correlation`` (see above).
+        feature_level: backbone level the head reads.
         reduce_channels: channels of the head's 1x1 reduction.
         pool_size: side of the adaptive average pool before the MLP.
         hidden: width of the MLP's hidden layer.
         dropout: dropout before the last layer.
+        embed_channels: (correlation) channels of the features correlated.
+        window: (correlation) half-side, in cells, of the soft-argmax window round the peak.
+        robust_scale: (correlation) residual (px) at which a match's DLT weight halves.
+        robust_iterations: (correlation) reweighted DLT fits after the first.
         refine_steps: evaluation passes that undo the current estimate on patch B and add the
             network's residual homography (a cascade with shared weights; 0 = one pass).
         (the rest: see :class:`BaseTask`)
@@ -367,11 +464,16 @@ class HomographyTask(BaseTask):
         patch_size: int = 128,
         rho: float = 32.0,
         loss: Literal["smooth_l1", "l2"] = "smooth_l1",
-        feature_level: Literal["c4", "c5"] = "c5",
+        architecture: Literal["regression", "correlation"] = "regression",
+        feature_level: Literal["c2", "c3", "c4", "c5"] = "c5",
         reduce_channels: int = 128,
         pool_size: int = 2,
         hidden: int = 512,
         dropout: float = 0.0,
+        embed_channels: int = 64,
+        window: int = 1,
+        robust_scale: float = 4.0,
+        robust_iterations: int = 3,
         refine_steps: int = 0,
         backbone: str = "resnet18",
         backbone_weights: str = "none",
@@ -383,13 +485,18 @@ class HomographyTask(BaseTask):
         freeze_backbone_epochs: int = 0,
         min_lr_ratio: float = 0.05,
     ) -> None:
+        siamese = architecture == "correlation"
         super().__init__(
-            backbone, backbone_weights, 2, freeze_at, lr, backbone_lr_mult, weight_decay,
-            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
+            backbone, backbone_weights, 1 if siamese else 2, freeze_at, lr, backbone_lr_mult,
+            weight_decay, warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
         )  # fmt: skip
         self.categories = categories or []
-        self.head = HomographyHead(self.backbone.out_channels[feature_level], reduce_channels,
-                                   pool_size, hidden, dropout)  # fmt: skip
+        channels = self.backbone.out_channels[feature_level]
+        if siamese:
+            self.backbone.truncate(feature_level)
+            self.head = CorrelationHead(channels, embed_channels)
+        else:
+            self.head = HomographyHead(channels, reduce_channels, pool_size, hidden, dropout)
         self.val_metric = MetricCollection({"model": CornerError(), "identity": CornerError()},
                                            compute_groups=False)  # fmt: skip
         self.test_metric = MetricCollection(
@@ -406,28 +513,82 @@ class HomographyTask(BaseTask):
             raise ValueError(f"model.patch_size/rho {mine} differ from data.patch_size/rho "
                              f"{theirs}: set both to the same values")  # fmt: skip
 
-    def forward(self, images: Tensor) -> Tensor:
-        """(B, 2, S, S) normalised patch pairs -> (B, 8) corner offsets divided by rho."""
-        return self.head(self.backbone(images)[self.hparams.feature_level])
+    def forward(self, images: Tensor) -> Tensor | dict[str, Tensor]:
+        """(B, 2, S, S) normalised patch pairs -> ``regression``: (B, 8) corner offsets divided
+        by rho; ``correlation``: ``{"logits": (B, N, N)}`` of :class:`CorrelationHead`.
+        """
+        level = self.hparams.feature_level
+        if self.hparams.architecture == "regression":
+            return self.head(self.backbone(images)[level])
+        # Both patches through the trunk as one batch of grey images (A0, B0, A1, B1, ...).
+        features = self.backbone(images.reshape(-1, 1, *images.shape[-2:]))[level]
+        features = features.reshape(images.shape[0], 2, *features.shape[1:])
+        return self.head(features[:, 0], features[:, 1])
 
-    def predicted_corners(self, outputs: Tensor) -> Tensor:
-        """(B, 8) network outputs -> (B, 4, 2) predicted corners in patch pixels."""
-        return ops.offsets_to_corners(outputs * self.hparams.rho, self.hparams.patch_size)
+    def cells_to_patch(self, cells: Tensor) -> Tensor:
+        """Feature-cell (x, y) coordinates -> patch pixels (cell centres; area-resized input)."""
+        stride = self.backbone.strides[self.hparams.feature_level]
+        scale = self.hparams.patch_size / self.hparams.image_size
+        return (stride * cells + stride / 2) * scale - 0.5
+
+    def patch_to_cells(self, points: Tensor) -> Tensor:
+        """Inverse of :meth:`cells_to_patch`."""
+        stride = self.backbone.strides[self.hparams.feature_level]
+        scale = self.hparams.patch_size / self.hparams.image_size
+        return ((points + 0.5) / scale - stride / 2) / stride
+
+    def cell_points(self, count: int) -> Tensor:
+        """Patch-pixel centres of the cells of a square map of ``count`` cells: (count, 2)."""
+        side = round(count**0.5)
+        return self.cells_to_patch(cell_grid(side, side))
+
+    def predicted_corners(self, outputs: Tensor | dict[str, Tensor]) -> Tensor:
+        """Network outputs -> (B, 4, 2) predicted corners in patch pixels (one pass)."""
+        if self.hparams.architecture == "regression":
+            return ops.offsets_to_corners(outputs * self.hparams.rho, self.hparams.patch_size)
+        return self.corners_from_matches(*windowed_soft_argmax(outputs["logits"],
+                                                               self.hparams.window))  # fmt: skip
+
+    def corners_from_matches(self, matches: Tensor, confidence: Tensor) -> Tensor:
+        """(B, N, 2) matches in B (feature cells) of A's cells, (B, N) confidences -> (B, 4, 2)
+        corners in patch pixels: a robust weighted DLT fit of B -> A.
+        """
+        matches = self.cells_to_patch(matches.double())
+        points_a = self.cell_points(matches.shape[1]).to(matches).expand_as(matches)
+        confidence = confidence.double()
+        weights = confidence
+        # Iteratively reweighted least squares (Cauchy weights): cells of A whose content left
+        # patch B, or repeated texture, give wrong matches that a plain fit would average in.
+        for _ in range(self.hparams.robust_iterations + 1):
+            homography = ops.weighted_dlt(matches, points_a, weights)  # B -> A
+            residual = (ops.apply_homography(homography, matches) - points_a).norm(dim=-1)
+            weights = confidence / (1 + (residual / self.hparams.robust_scale) ** 2)
+        square = ops.square_corners(self.hparams.patch_size, torch.float64).to(matches)
+        return ops.apply_homography(homography, square.expand(matches.shape[0], 4, 2))
 
     @torch.no_grad()
-    def estimate_corners(self, outputs: Tensor, images: Tensor) -> Tensor:
-        """(B, 8) outputs for (B, 2, S, S) inputs -> (B, 4, 2) corners after ``refine_steps``."""
-        corners = self.predicted_corners(outputs.detach()).double()
+    def estimate_corners(self, outputs: Tensor | dict[str, Tensor], images: Tensor) -> Tensor:
+        """Outputs for (B, 2, S, S) inputs -> (B, 4, 2) corners after ``refine_steps``."""
+        corners = self.predicted_corners(outputs).double()
         size = self.hparams.patch_size
         for _ in range(self.hparams.refine_steps):
             aligned = ops.align_second_patch(images, corners, size)
             residual = self.predicted_corners(self(aligned)).double()
             # B shows A at H q; the aligned B shows A at R q (R: square -> residual), H = R H_est.
             corners = ops.apply_homography(ops.corners_to_homography(residual, size), corners)
-        return corners.to(outputs.dtype)
+        return corners.to(images.dtype)
 
     def compute_loss(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Loss on the offsets scaled by rho."""
+        """``regression``: loss on the offsets scaled by rho; ``correlation``: dense matching
+        loss of every A cell against where the true homography puts it in B."""
+        if self.hparams.architecture == "correlation":
+            logits = outputs["logits"]
+            matches = windowed_soft_argmax(logits, self.hparams.window)[0]
+            points_a = self.cell_points(logits.shape[1]).to(batch["corners"])
+            target = true_matches(batch["corners"], points_a, self.hparams.patch_size)
+            side = round(logits.shape[1] ** 0.5)
+            loss = correlation_loss(logits, matches, self.patch_to_cells(target), side)
+            return {"loss": loss}
         square = ops.square_corners(self.hparams.patch_size).to(outputs)
         target = ((batch["corners"] - square) / self.hparams.rho).flatten(1)
         return {"loss": homography_loss(outputs, target, self.hparams.loss)}
@@ -478,7 +639,9 @@ class HomographyTask(BaseTask):
 
     def build_report(self, values: dict[str, Any], samples: list) -> Report:
         """Table of the three methods, error histogram, drawn examples."""
-        methods = {"model": "HomographyNet", "identity": "identity", "orb": "ORB + RANSAC"}
+        network = {"regression": "HomographyNet", "correlation": "correlation + DLT"}
+        methods = {"model": network[self.hparams.architecture], "identity": "identity",
+                   "orb": "ORB + RANSAC"}  # fmt: skip
         table = [
             {"method": name, "mace_px": float(values[f"{key}_mace"]),
              "median_px": float(values[f"{key}_median"]), "p90_px": float(values[f"{key}_p90"]),
@@ -493,7 +656,7 @@ class HomographyTask(BaseTask):
         errors = {name: values[f"{key}_errors"].cpu().tolist() for key, name in methods.items()}
         metrics = {**headline, "orb_ransac_failure_rate": float(values["orb_failure_rate"]),
                    "median": float(values["model_median"]),
-                   "pairs": len(errors["HomographyNet"])}  # fmt: skip
+                   "pairs": len(errors[methods["model"]])}  # fmt: skip
         figures = [
             Figure("corner_error_histogram", "histogram", "Mean corner error per pair",
                    {"values": errors, "xlabel": "mean corner error (px)", "bins": 40}),
