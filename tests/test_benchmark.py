@@ -1,4 +1,4 @@
-"""Benchmark helpers: Conv+BN folding keeps the outputs, results files merge by task."""
+"""Benchmark helpers: Conv+BN folding keeps the outputs, results files merge by task, sizes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import torch
 
 from vision_tasks.backbone import Backbone
+from vision_tasks import benchmark
 from vision_tasks.benchmark import fuse_conv_bn, merge_results
 
 
@@ -40,3 +41,10 @@ def test_results_of_other_tasks_survive_a_new_run(tmp_path) -> None:
     assert runs == {("detect", '{"fuse": false}'): 1, ("detect", '{"fuse": true}'): 2,
                     ("segment", "{}"): 2}  # fmt: skip
     assert [q["headline"] for q in second["quality"]] == [{"AP": 0.5}]
+
+
+def test_image_size_is_the_network_input_in_training_too() -> None:
+    # Segmentation trains on crop_size crops: --image-size 96 must time 96x96 inputs, not crops.
+    model, batch = benchmark.build("segment", 96, batch_size=2)
+    assert batch["image"].shape[-2:] == (96, 96)
+    assert model.hparams.image_size == 96

@@ -81,14 +81,22 @@ def _task_config(task: str) -> dict[str, Any]:
     return {"model": config.get("model") or {}, "data": config.get("data") or {}}
 
 
+def _sized(config: dict, image_size: int | None) -> dict:
+    """Data arguments that make ``image_size`` the network's input side, in training too: a
+    task that trains on crops (segmentation's ``crop_size``) crops at that size."""
+    if image_size is None:
+        return {}
+    return {"image_size": image_size, **({"crop_size": image_size}
+                                         if "crop_size" in config["data"] else {})}  # fmt: skip
+
+
 def build(task: str, image_size: int | None, batch_size: int, split: str = "train"):
     """Task model (random init) and one real batch of its data pipeline at ``image_size``."""
     from vision_tasks.tasks import TASKS
 
     spec, config = TASKS[task], _task_config(task)
-    data_args = {**config["data"], "batch_size": batch_size, "num_workers": 0}
-    if image_size is not None:
-        data_args["image_size"] = image_size
+    data_args = {**config["data"], **_sized(config, image_size), "batch_size": batch_size,
+                 "num_workers": 0}  # fmt: skip
     data = spec.data(**data_args)
     data.setup("fit")
     loader = data.train_dataloader() if split == "train" else data.val_dataloader()
@@ -110,8 +118,8 @@ def loader_speed(
 
     config, speed, startup = _task_config(task), {}, {}
     for count in workers:
-        sized = {"image_size": image_size} if image_size else {}
-        data = TASKS[task].data(**{**config["data"], **sized, "num_workers": count})
+        data = TASKS[task].data(**{**config["data"], **_sized(config, image_size),
+                                   "num_workers": count})  # fmt: skip
         data.setup("fit")
         start = time.perf_counter()
         iterator = iter(data.train_dataloader())
