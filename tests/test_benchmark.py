@@ -48,3 +48,12 @@ def test_image_size_is_the_network_input_in_training_too() -> None:
     model, batch = benchmark.build("segment", 96, batch_size=2)
     assert batch["image"].shape[-2:] == (96, 96)
     assert model.hparams.image_size == 96
+
+
+def test_siamese_homography_backbone_is_timed_on_single_patches(monkeypatch) -> None:
+    # The correlation model feeds its trunk one grey patch at a time: the bare-backbone timing
+    # must do the same (it crashed on the stacked 2-channel pairs).
+    monkeypatch.setattr(benchmark, "loader_speed", lambda *args, **kwargs: {})
+    result = benchmark.speed("homography", image_size=64, repeats=1, warmup=0)
+    for part in ("train", "latency_b1", "throughput_b16"):
+        assert 0 < result[part]["backbone_median_ms"] < result[part]["median_ms"]

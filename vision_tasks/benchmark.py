@@ -181,7 +181,8 @@ def speed(
         train_step(lambda: model.compute_loss(model(images), batch)["loss"]), repeats, warmup
     )
     backbone_train = timed(
-        train_step(lambda: _loss_of_features(model.backbone(images))), repeats, warmup
+        train_step(lambda: _loss_of_features(model.backbone(model.backbone_input(images)))),
+        repeats, warmup,
     )
     model.eval()
     inference_model = fuse_conv_bn(model) if fuse else model
@@ -198,7 +199,8 @@ def speed(
         for name, size in (("latency_b1", 1), ("throughput_b16", 16)):
             sub = _slice_batch(batch, size, memory_format)
             full = timed(partial(_predict, inference_model, sub), repeats, warmup)
-            bare = timed(partial(inference_model.backbone, sub["image"]), repeats, warmup)
+            bare_input = inference_model.backbone_input(sub["image"])
+            bare = timed(partial(inference_model.backbone, bare_input), repeats, warmup)
             result[name] = _with_share(full, bare, size)
     result["peak_rss_mib"] = peak_rss_mib()
     result["loader"] = loader_speed(task, image_size)

@@ -85,6 +85,10 @@ class BaseTask(L.LightningModule):
         batch than its images (the joint model's per-box heads read its boxes) overrides it."""
         return self(batch["image"])
 
+    def backbone_input(self, images: Tensor) -> Tensor:
+        """What the backbone sees of a batch's images (a Siamese task splits its pairs)."""
+        return images
+
     def draw_samples(self, outputs: Any, batch: Batch) -> list[tuple[Any, str, bool | None]]:
         """Images with predictions drawn, for the report grid."""
         return []

@@ -520,10 +520,16 @@ class HomographyTask(BaseTask):
         level = self.hparams.feature_level
         if self.hparams.architecture == "regression":
             return self.head(self.backbone(images)[level])
-        # Both patches through the trunk as one batch of grey images (A0, B0, A1, B1, ...).
-        features = self.backbone(images.reshape(-1, 1, *images.shape[-2:]))[level]
+        features = self.backbone(self.backbone_input(images))[level]
         features = features.reshape(images.shape[0], 2, *features.shape[1:])
         return self.head(features[:, 0], features[:, 1])
+
+    def backbone_input(self, images: Tensor) -> Tensor:
+        """``correlation``: both patches through the trunk as one batch of grey images (A0, B0,
+        A1, B1, ...); ``regression``: the stacked pairs as they are."""
+        if self.hparams.architecture == "regression":
+            return images
+        return images.reshape(-1, 1, *images.shape[-2:])
 
     def cells_to_patch(self, cells: Tensor) -> Tensor:
         """Feature-cell (x, y) coordinates -> patch pixels (cell centres; area-resized input)."""
