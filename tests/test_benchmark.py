@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from vision_tasks.backbone import Backbone
 from vision_tasks import benchmark
+from vision_tasks.backbone import Backbone
 from vision_tasks.benchmark import fuse_conv_bn, merge_results
 
 
