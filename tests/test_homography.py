@@ -18,7 +18,6 @@ from vision_tasks.tasks.homography import (
     CorrelationHead,
     HomographyDataset,
     HomographyTask,
-    cell_grid,
     correlation_loss,
     orb_ransac_corners,
     random_pair,
@@ -341,7 +340,7 @@ def test_true_matches_equal_opencv_perspective_transform_of_the_grid() -> None:
     rng = np.random.default_rng(4)
     moves = torch.from_numpy(rng.uniform(-32, 32, (2, 4, 2)))
     corners = ops.square_corners(128, torch.float64) + moves
-    grid = cell_grid(16, 16).double() * 8 + 3.5
+    grid = ops.cell_grid(16, 16).double() * 8 + 3.5
     matches = true_matches(corners, grid, 128).numpy()
     square = ops.square_corners(128).numpy()
     for i in range(2):
@@ -360,7 +359,7 @@ def test_correlation_of_features_and_their_shifted_copy_peaks_at_the_shift() -> 
     features_b = torch.roll(features_a, shifts=(shift[1], shift[0]), dims=(2, 3))
     logits = head(features_a, features_b)["logits"]
     matches, confidence = windowed_soft_argmax(logits, window=1)
-    grid = cell_grid(10, 10)
+    grid = ops.cell_grid(10, 10)
     inside = ((grid + torch.tensor(shift) >= 0) & (grid + torch.tensor(shift) <= 9)).all(-1)
     expected = grid + torch.tensor(shift, dtype=torch.float32)
     torch.testing.assert_close(matches[:, inside], expected[inside].expand(2, -1, -1),
@@ -369,7 +368,7 @@ def test_correlation_of_features_and_their_shifted_copy_peaks_at_the_shift() -> 
 
 
 def test_correlation_loss_prefers_the_true_match_and_skips_cells_that_left_patch_b() -> None:
-    grid = cell_grid(4, 4)
+    grid = ops.cell_grid(4, 4)
     target = (grid + 0.5)[None]  # every cell half a cell right and down
     flat = torch.zeros(1, 16, 16)
     # Logits that put all mass on the 4 cells round the target, in the bilinear proportions.

@@ -271,6 +271,19 @@ def corners_to_homography(corners: Tensor, size: int) -> Tensor:
     return four_point_to_homography(square, corners)
 
 
+def cell_grid(
+    height: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(h w, 2) (x, y) integer coordinates of the cells of an h x w map, row-major."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
+                            torch.arange(width, dtype=dtype, device=device),
+                            indexing="ij")  # fmt: skip
+    return torch.stack([xs, ys], dim=-1).reshape(-1, 2)
+
+
 def warp_perspective(
     images: Tensor, homography: Tensor, size: tuple[int, int], padding_mode: str = "zeros"
 ) -> Tensor:
@@ -281,12 +294,7 @@ def warp_perspective(
     """
     out_h, out_w = size
     in_h, in_w = images.shape[-2:]
-    ys, xs = torch.meshgrid(
-        torch.arange(out_h, dtype=images.dtype, device=images.device),
-        torch.arange(out_w, dtype=images.dtype, device=images.device),
-        indexing="ij",
-    )
-    grid = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2)  # pixel centres of the output
+    grid = cell_grid(out_h, out_w, images.dtype, images.device)[None]  # output pixel centres
     source = apply_homography(torch.linalg.inv(homography), grid)  # (B, h*w, 2)
     # align_corners=True puts -1 / +1 on the outer pixel centres: OpenCV's pixel convention.
     scale = source.new_tensor([2.0 / max(in_w - 1, 1), 2.0 / max(in_h - 1, 1)])

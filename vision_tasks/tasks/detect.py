@@ -176,9 +176,7 @@ def grid_points(
     """Centres (N, 2) in input pixels and strides (N, 1) of every grid cell of every level."""
     points, point_strides = [], []
     for (height, width), stride in zip(shapes, strides):
-        ys, xs = torch.meshgrid(torch.arange(height, device=device),
-                                torch.arange(width, device=device), indexing="ij")  # fmt: skip
-        points.append((torch.stack([xs, ys], dim=-1).reshape(-1, 2) + 0.5) * stride)
+        points.append((ops.cell_grid(height, width, device=device) + 0.5) * stride)
         point_strides.append(torch.full((height * width, 1), float(stride), device=device))
     return torch.cat(points), torch.cat(point_strides)
 

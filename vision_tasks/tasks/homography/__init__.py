@@ -24,7 +24,6 @@ from vision_tasks.tasks.homography.data import (
 from vision_tasks.tasks.homography.heads import (
     CorrelationHead,
     HomographyHead,
-    cell_grid,
     correlation_loss,
     homography_loss,
     true_matches,
@@ -43,7 +42,6 @@ __all__ = [
     "HomographyDataset",
     "HomographyHead",
     "HomographyTask",
-    "cell_grid",
     "correlation_loss",
     "draw_pair",
     "homography_loss",

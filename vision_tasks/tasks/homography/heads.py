@@ -98,18 +98,12 @@ def windowed_soft_argmax(logits: Tensor, window: int = 1) -> tuple[Tensor, Tenso
         the softmax mass inside the neighbourhood.
     """
     side = round(logits.shape[-1] ** 0.5)
-    grid = cell_grid(side, side).to(logits)  # (N, 2)
+    grid = ops.cell_grid(side, side).to(logits)  # (N, 2)
     peak = grid[logits.argmax(-1)]  # (B, N, 2)
     near = ((grid - peak[..., None, :]).abs() <= window).all(-1)  # (B, N, N)
     mass = logits.softmax(-1) * near
     confidence = mass.sum(-1)
     return (mass / confidence[..., None]) @ grid, confidence
-
-
-def cell_grid(height: int, width: int) -> Tensor:
-    """(h w, 2) float (x, y) cell coordinates of an h x w feature map, row-major."""
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    return torch.stack([xs, ys], dim=-1).reshape(-1, 2).float()
 
 
 def true_matches(corners: Tensor, points_a: Tensor, patch_size: int) -> Tensor:
@@ -138,7 +132,7 @@ def correlation_loss(logits: Tensor, matches: Tensor, target: Tensor, size: int)
     inside = ((target >= 0) & (target <= size - 1)).all(-1)  # (B, N)
     if not inside.any():
         return logits.sum() * 0.0
-    grid = cell_grid(size, size).to(logits)
+    grid = ops.cell_grid(size, size).to(logits)
     split = (1 - (grid - target[..., None, :].to(logits)).abs()).clamp_min(0).prod(-1)
     cross_entropy = -(split * logits.log_softmax(-1)).sum(-1)
     position = F.smooth_l1_loss(matches, target.to(matches), beta=0.25, reduction="none").sum(-1)

@@ -22,7 +22,6 @@ from vision_tasks.tasks.homography.data import random_pair, to_gray
 from vision_tasks.tasks.homography.heads import (
     CorrelationHead,
     HomographyHead,
-    cell_grid,
     correlation_loss,
     homography_loss,
     true_matches,
@@ -232,7 +231,7 @@ class HomographyTask(BaseTask):
     def cell_points(self, count: int) -> Tensor:
         """Patch-pixel centres of the cells of a square map of ``count`` cells: (count, 2)."""
         side = round(count**0.5)
-        return self.cells_to_patch(cell_grid(side, side))
+        return self.cells_to_patch(ops.cell_grid(side, side))
 
     def predicted_corners(self, outputs: Tensor | dict[str, Tensor]) -> Tensor:
         """Network outputs -> (B, 4, 2) predicted corners in patch pixels (one pass)."""
