@@ -24,6 +24,7 @@ from vision_tasks.tasks.segment import (
     SegmentData,
     SegmentDataset,
     SegmentTask,
+    class_map,
     segmentation_loss,
 )
 
@@ -314,3 +315,11 @@ def test_predict_writes_palette_label_png_and_overlay(tmp_path) -> None:
 def test_class_weights_of_the_wrong_length_fail_clearly() -> None:
     with pytest.raises(ValueError, match="class_weights needs 4 values"):
         SegmentTask(categories=CATEGORIES, class_weights=(1.0, 2.0))
+
+
+def test_class_map_is_the_argmax_ties_included() -> None:
+    generator = torch.Generator().manual_seed(4)
+    scores = torch.randint(0, 3, (5, 31, 43), generator=generator).float()  # many exact ties
+    assert torch.equal(class_map(scores, 0), scores.argmax(dim=0))
+    batch = scores[None].repeat(2, 1, 1, 1)
+    assert torch.equal(class_map(batch, 1), batch.argmax(dim=1))

@@ -9,6 +9,7 @@ further ``--config``. A fit ends with a test on the validation split that writes
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,13 +97,24 @@ def _resolve_resume(task: str, argv: list[str]) -> tuple[str, int] | None:
 
 
 def _new_version(task: str) -> str:
-    """A timestamp naming a run folder that does not exist yet."""
+    """A timestamp naming a new run folder, which is created here so that it is claimed.
+
+    ``mkdir`` without ``exist_ok`` is atomic: two runs started in the same second (a sweep
+    launched in parallel) get two folders, not one shared ``metrics.csv`` and checkpoints.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    if any(int(os.environ.get(name, "0") or 0) > 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        return stamp  # a DDP worker: rank zero names the folder (Lightning broadcasts its path)
+    root = Path("runs", task)
+    root.mkdir(parents=True, exist_ok=True)
     version, n = stamp, 1
-    while Path("runs", task, version).exists():  # two runs started in the same second
-        n += 1
-        version = f"{stamp}-{n}"
-    return version
+    while True:
+        try:
+            (root / version).mkdir()
+            return version
+        except FileExistsError:
+            n += 1
+            version = f"{stamp}-{n}"
 
 
 def train_main(argv: list[str] | None = None) -> VisionCLI | None:

@@ -22,7 +22,7 @@ from vision_tasks.data.transforms import multitask_transforms
 from vision_tasks.evaluation.coco_eval import results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.tasks.keypoints import decode_heatmaps, instance_scores
-from vision_tasks.tasks.segment import label_map_results, overlay
+from vision_tasks.tasks.segment import class_map, label_map_results, overlay
 from vision_tasks.utils import atomic_write_image
 
 HEADLINE = {
@@ -148,7 +148,7 @@ class MultiTaskOutputs:
 
     def _original_label_map(self, logits: Tensor, batch: dict[str, Any], i: int) -> Tensor:
         scale, pad_x, pad_y, size = _numbers(batch, i)
-        return ops.unletterbox_map(logits.detach(), scale, pad_x, pad_y, size).argmax(dim=0)
+        return class_map(ops.unletterbox_map(logits.detach(), scale, pad_x, pad_y, size), 0)
 
     # ---- decoding -------------------------------------------------------------------------------
     def decode_detections(self, outputs: dict[str, Any], batch: dict) -> list[dict[str, Any]]:

@@ -1,0 +1,71 @@
+"""BaseTask's optimisation: the fused optimiser and a schedule that follows a time budget."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Timer
+
+from vision_tasks.tasks.base import warmup_cosine
+from vision_tasks.tasks.classify import ClassifyData, ClassifyTask
+
+
+def cosine(progress: float, min_ratio: float) -> float:
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def test_schedule_follows_the_steps_or_the_clock_whichever_is_further() -> None:
+    spent = {"fraction": 0.0}
+    by_steps = warmup_cosine(110, 10, 0.05)
+    both = warmup_cosine(110, 10, 0.05, time_fraction=lambda: spent["fraction"])
+    assert by_steps(4) == both(4) == pytest.approx(5 / 11)  # warm-up is counted in steps
+    assert both(60) == by_steps(60) == pytest.approx(cosine(0.5, 0.05))
+    spent["fraction"] = 0.9  # a slow machine: 90% of the budget gone at half the steps
+    assert both(60) == pytest.approx(cosine(0.9, 0.05))
+    spent["fraction"] = 1.0
+    assert both(60) == pytest.approx(0.05)  # the budget ends: annealed, not cut mid-way
+    spent["fraction"] = 0.1  # a fast machine: the steps are further along
+    assert both(100) == pytest.approx(cosine(0.9, 0.05))
+    unbounded = warmup_cosine(float("inf"), 0, 0.05, time_fraction=lambda: 0.5)
+    assert unbounded(1000) == pytest.approx(cosine(0.5, 0.05))
+
+
+class _ClockAt(Timer):
+    """A Timer whose clock reads a fixed share of its duration; it stops the fit after 2 steps."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(duration="00:00:10:00")
+        self.fraction = fraction
+
+    def time_elapsed(self, stage: str = "train") -> float:
+        return 600.0 * self.fraction
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        trainer.should_stop = trainer.global_step >= 2
+
+
+def _fit_two_steps(tiny_coco, callbacks: list) -> torch.optim.Optimizer:
+    torch.manual_seed(0)
+    data = ClassifyData(str(tiny_coco.train_json), str(tiny_coco.train_images),
+                        str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=32,
+                        batch_size=4, num_workers=0)  # fmt: skip
+    model = ClassifyTask(categories=data.categories, image_size=32, lr=0.01, warmup_epochs=0,
+                         min_lr_ratio=0.05)  # fmt: skip
+    trainer = L.Trainer(max_epochs=100, limit_train_batches=2, limit_val_batches=0,
+                        callbacks=callbacks, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    return trainer.optimizers[0]
+
+
+def test_a_time_budget_anneals_the_learning_rate_and_the_optimiser_is_fused(tiny_coco) -> None:
+    # The fake clock says 90% of max_time is gone after 2 of 200 steps: the learning rate is
+    # already near its floor, as the budget's end would otherwise cut it at its peak.
+    optimizer = _fit_two_steps(tiny_coco, [_ClockAt(0.9)])
+    assert optimizer.state_dict()["state"][0]["step"] == 2
+    assert optimizer.defaults["fused"] is True
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(0.01 * cosine(0.9, 0.05), rel=1e-6)
