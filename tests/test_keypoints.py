@@ -85,6 +85,27 @@ def test_dark_stays_within_a_quarter_cell_near_the_border() -> None:
     assert (decode_heatmaps(heatmaps, refine="dark")[0] - crop).abs().max() / STRIDE < 0.01
 
 
+def test_dark_takes_no_step_where_the_fit_is_not_determined() -> None:
+    """An untrained model's maps: the arg-max stands, however the noise falls (a step there is
+    noise over noise, and moved ONNX Runtime's keypoints from torch's by 0.4 px)."""
+    generator = torch.Generator().manual_seed(3)
+    flat = 0.005 + 1e-6 * torch.randn(1, 50, 32, 24, generator=generator)
+    unrefined = decode_heatmaps(flat, refine="none")[0]
+    assert torch.equal(decode_heatmaps(flat, refine="dark")[0], unrefined)
+    # Peaks on the border column with one positive column inside them: two columns of support,
+    # so the fit's curvature across them is the regulariser's choice.
+    centres = torch.rand(1, 50, 1, generator=generator) * 20 + 6
+    column = torch.exp(-((torch.arange(32.0) - centres) ** 2) / 8)  # (1, 50, 32)
+    ridge = torch.full((1, 50, 32, 24), -0.1)
+    ridge[..., -1], ridge[..., -2] = column, 0.4 * column + 0.05
+    assert torch.equal(decode_heatmaps(ridge, refine="dark")[0],
+                       decode_heatmaps(ridge, refine="none")[0])  # fmt: skip
+    # A broad but real peak (sigma 3 cells, 1.5 times the targets') is still refined.
+    crop = torch.tensor([[[47.3, 61.8]]])
+    peak, _ = encode_heatmaps(torch.cat([crop, torch.ones(1, 1, 1)], -1), (32, 24), sigma=3.0)
+    assert (decode_heatmaps(peak, sigma=2.0, refine="dark")[0] - crop).abs().max() / STRIDE < 0.1
+
+
 def test_dark_on_noisy_heatmaps_beats_the_quarter_rule() -> None:
     """Predicted heatmaps are lower and noisy: DARK still lands within a fraction of a cell."""
     generator = torch.Generator().manual_seed(2)

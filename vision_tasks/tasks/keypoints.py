@@ -175,6 +175,7 @@ def _dark_offsets(heatmaps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tenso
     is exact for a Gaussian peak wherever the border cuts it, and smooths noise as DARK's blur.
     """
     radius = max(1, math.ceil(1.5 * sigma))
+    n = 2 * radius + 1
     window = _patches(heatmaps, x, y, radius, mode="constant")  # outside the map: weight 0
     peak = window[..., radius, radius].clamp(min=1e-12)
     values = (window / peak[..., None, None]).clamp(min=0).flatten(2)  # (B, K, n * n)
@@ -189,8 +190,14 @@ def _dark_offsets(heatmaps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tenso
     coef, info = torch.linalg.solve_ex(normal, rhs)
     gx, gy, hxx, hyy, hxy = coef.unbind(-1)[1:]
     det = hxx * hyy - hxy**2
-    # A maximum needs a negative definite curvature; elsewhere no step (the arg-max stands).
-    ok = (info == 0) & (hxx < 0) & (det > 1e-12)
+    # A step needs a determined fit, a quadratic along each axis through three columns and
+    # three rows of positive heatmap, and a maximum: a negative definite curvature, the fitted
+    # Gaussian no wider than twice the window. Elsewhere (an untrained model's near-flat or
+    # one-column maps) the step is a ratio of noise to noise, and the arg-max stands.
+    positive = (values > 0).unflatten(-1, (n, n))
+    supported = (positive.any(dim=-2).sum(-1) >= 3) & (positive.any(dim=-1).sum(-1) >= 3)
+    flattest = (hxx + hyy) / 2 + (((hxx - hyy) / 2) ** 2 + hxy**2).sqrt()
+    ok = (info == 0) & supported & (flattest < -1.0 / (2 * radius) ** 2) & (det > 1e-12)
     safe = torch.where(ok, det, 1.0)
     dx = torch.where(ok, -(hyy * gx - hxy * gy) / safe, 0.0)
     dy = torch.where(ok, -(hxx * gy - hxy * gx) / safe, 0.0)
