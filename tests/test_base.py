@@ -1,4 +1,5 @@
-"""BaseTask's optimisation: the fused optimiser and a schedule that follows a time budget."""
+"""BaseTask's optimisation: the fused optimiser, a schedule that follows a time budget, mixed
+precision in training only, and the weight average (ModelEMA)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Timer
+from torch.optim.swa_utils import AveragedModel
 
 from vision_tasks.tasks.base import warmup_cosine
 from vision_tasks.tasks.classify import ClassifyData, ClassifyTask
+from vision_tasks.utils import ModelEMA
 
 
 def cosine(progress: float, min_ratio: float) -> float:
@@ -69,3 +72,40 @@ def test_a_time_budget_anneals_the_learning_rate_and_the_optimiser_is_fused(tiny
     assert optimizer.defaults["fused"] is True
     for group in optimizer.param_groups:
         assert group["lr"] == pytest.approx(0.01 * cosine(0.9, 0.05), rel=1e-6)
+
+
+def test_mixed_precision_trains_in_bfloat16_and_evaluates_in_float32(tiny_coco) -> None:
+    """Reports must not move with --trainer.precision: evaluation switches autocast off."""
+    data = ClassifyData(str(tiny_coco.train_json), str(tiny_coco.train_images),
+                        str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=32,
+                        batch_size=4, num_workers=0)  # fmt: skip
+    model = ClassifyTask(categories=data.categories, image_size=32)
+    seen: dict[bool, set] = {True: set(), False: set()}
+    model.head.register_forward_hook(lambda m, i, out: seen[m.training].add(out.dtype))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    trainer.predict(model, dataloaders=data.val_dataloader(), return_predictions=False)
+    assert seen == {True: {torch.bfloat16}, False: {torch.float32}}
+
+
+def test_model_ema_is_the_ramped_exponential_average() -> None:
+    ema = ModelEMA(decay=0.9, warmup_steps=2)
+    module = torch.nn.BatchNorm1d(3)
+    averaged = AveragedModel(module, multi_avg_fn=ema._average, use_buffers=True)
+    expected = None
+    for count, value in enumerate([1.0, 5.0, -2.0, 4.0]):
+        with torch.no_grad():
+            module.weight.fill_(value)
+        module.num_batches_tracked.fill_(10 * count)
+        averaged.update_parameters(module)
+        if expected is None:
+            expected = value  # the first update copies
+        else:
+            decay = 0.9 * (1 - math.exp(-count / 2))
+            expected = decay * expected + (1 - decay) * value
+        assert averaged.module.weight[0].item() == pytest.approx(expected, rel=1e-6)
+        assert averaged.module.num_batches_tracked.item() == 10 * count  # integers: copied
+    with pytest.raises(ValueError, match="0 < decay < 1"):
+        ModelEMA(decay=1.0)

@@ -1,10 +1,12 @@
-"""Small helpers shared across the package: atomic file writes and checkpoints, RNG state."""
+"""Small helpers shared across the package: atomic file writes and checkpoints, RNG state,
+the callbacks a config can add (weight averaging, channels-last)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import os
 import random
 import tempfile
@@ -16,10 +18,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -178,3 +181,44 @@ class ChannelsLast(Callback):
     def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, *args: Any) -> None:
         """Test images to NHWC."""
         self._convert(batch)
+
+
+class ModelEMA(WeightAveraging):
+    """Exponential moving average of the weights and BatchNorm statistics (Polyak averaging).
+
+    Lightning's ``WeightAveraging`` does the bookkeeping: validation runs on the average, the
+    checkpoints' ``state_dict`` is the average (so ``tools/evaluate.py`` and ``predict.py`` use
+    it) and the raw weights travel beside it for resuming. The decay ramps up as
+    ``decay * (1 - exp(-updates / warmup_steps))`` (Ultralytics' ModelEMA), so early
+    validation is not dominated by the random initial weights.
+    ``--trainer.callbacks+=vision_tasks.utils.ModelEMA``.
+
+    Args:
+        decay: the decay once ramped up; ``1 / (1 - decay)`` steps is the averaging window.
+        warmup_steps: optimizer steps of the ramp's time constant.
+    """
+
+    def __init__(self, decay: float = 0.998, warmup_steps: int = 200) -> None:
+        if not 0.0 < decay < 1.0 or warmup_steps < 0:
+            raise ValueError(f"ModelEMA: need 0 < decay < 1 and warmup_steps >= 0, got {decay}, "
+                             f"{warmup_steps}")  # fmt: skip
+        super().__init__(use_buffers=True, multi_avg_fn=self._average)
+        self.decay, self.warmup_steps = decay, warmup_steps
+
+    def _average(self, averaged: list[Tensor], current: list[Tensor], count: Tensor) -> None:
+        if not averaged[0].is_floating_point():  # BatchNorm's num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        ramp = 1.0 - math.exp(-int(count) / self.warmup_steps) if self.warmup_steps else 1.0
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay * ramp)
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Resuming a fit restores both weights; evaluating a checkpoint keeps its average.
+
+        (Lightning's version also swaps the raw weights in when ``trainer.test`` reloads the
+        best checkpoint after a fit, which would report the raw model, not the average.)
+        """
+        if trainer.state.fn == "fit":
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

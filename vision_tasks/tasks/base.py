@@ -125,9 +125,22 @@ class BaseTask(L.LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
         """Predictions in COCO results form."""
-        return self.decode(self.forward_batch(batch), batch)
+        with self._full_precision():
+            return self.decode(self.forward_batch(batch), batch)
+
+    def _full_precision(self) -> torch.autocast:
+        """Autocast switched off: evaluation and prediction run in float32 whatever the
+        trainer's ``precision``, so the reported numbers are those of ``tools/evaluate.py`` and
+        do not move with a mixed-precision training setting (``bf16-mixed`` trains faster)."""
+        return torch.autocast(self.device.type, enabled=False)
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+        if stage == "train":
+            return self._step(batch, stage)
+        with self._full_precision():
+            return self._step(batch, stage)
+
+    def _step(self, batch: Batch, stage: str) -> Tensor:
         outputs = self.forward_batch(batch)
         losses = self.compute_loss(outputs, batch)
         if not torch.isfinite(losses["loss"]):
