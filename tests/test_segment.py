@@ -25,6 +25,8 @@ from vision_tasks.tasks.segment import (
     SegmentDataset,
     SegmentTask,
     class_map,
+    hard_label_map,
+    one_hot_label_map,
     segmentation_loss,
 )
 
@@ -180,6 +182,45 @@ def test_loss_ignores_unknown_pixels_and_matches_weighted_cross_entropy() -> Non
     assert torch.isfinite(nothing_known["loss"]) and float(nothing_known["ce"]) == 0.0
     perfect = F.one_hot(target.clamp(max=3), 4).permute(0, 3, 1, 2).float() * 50
     assert float(segmentation_loss(perfect, target, None, 1.0)["dice"]) < 1e-3
+
+
+def test_soft_targets_weigh_each_class_by_its_fraction_of_the_pixel() -> None:
+    logits = torch.randn(1, 3, 1, 2, generator=torch.Generator().manual_seed(4))
+    # Pixel 0: 30% class 0, 70% class 2. Pixel 1: half unknown, the known half class 1.
+    fractions = torch.tensor([[0.3, 0.0], [0.0, 0.5], [0.7, 0.0]]).reshape(1, 3, 1, 2)
+    log_p = logits.log_softmax(dim=1)[0, :, 0]
+    expected = -(0.3 * log_p[0, 0] + 0.7 * log_p[2, 0] + 0.5 * log_p[1, 1]) / 1.5
+    target = hard_label_map(fractions[0])[None]
+    assert target.tolist() == [[[2, 1]]]  # the larger share; known at exactly half
+    losses = segmentation_loss(logits, target, None, 1.0, fractions)
+    assert float(losses["ce"]) == pytest.approx(float(expected), rel=1e-6)
+    # One-hot fractions are the hard targets: the same loss as the label map.
+    label = np.array([[0, 2, IGNORE_INDEX], [1, 1, 0]], np.uint8)
+    one_hot = torch.from_numpy(one_hot_label_map(label, 3)).permute(2, 0, 1)[None]
+    assert one_hot.sum(dim=1).tolist() == [[[1, 1, 0], [1, 1, 1]]]
+    logits = torch.randn(1, 3, 2, 3, generator=torch.Generator().manual_seed(5))
+    hard = torch.from_numpy(label).long()[None]
+    for dice in (0.0, 1.0):
+        a = segmentation_loss(logits, hard, None, dice)["loss"]
+        b = segmentation_loss(logits, hard, None, dice, one_hot)["loss"]
+        assert float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+def test_soft_training_samples_carry_the_class_fractions_of_the_resized_pixels(tiny_coco) -> None:
+    data = SegmentData(str(tiny_coco.train_json), str(tiny_coco.train_images),
+                       str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=48,
+                       crop_size=64, num_workers=0, soft_targets=True)  # fmt: skip
+    data.setup("fit")
+    dataset = data.datasets["train"]
+    sample = dataset[0]
+    fractions, known = sample["mask_soft"], sample["mask_soft"].sum(dim=0)
+    assert fractions.shape == (len(data.categories) + 1, 64, 64)
+    assert torch.allclose(known[known > 0.01], torch.ones(()), atol=1e-4)  # padding: all zero
+    assert (known < 1e-6).any()  # a 48-pixel picture in a 64-pixel crop: padded
+    assert ((fractions > 0.05) & (fractions < 0.95)).any()  # edges are shared
+    assert torch.equal(sample["mask"], hard_label_map(fractions))
+    evaluation = data.build_dataset(data.index("val"), train=False)[0]
+    assert "mask_soft" not in evaluation  # scores stay on the label map
 
 
 def test_auxiliary_loss_trains_only_and_is_the_c4_cross_entropy() -> None:

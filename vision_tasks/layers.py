@@ -116,7 +116,12 @@ class UNetDecoder(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         """Decode the feature dict (see the class docstring for shapes)."""
-        x = features["c5"]
+        return self.block_outputs(features)[-1]
+
+    def block_outputs(self, features: dict[str, Tensor]) -> list[Tensor]:
+        """Every block's output, coarse to fine: block ``i`` has ``channels[i]`` channels at its
+        level's resolution (the last one is what ``forward`` returns)."""
+        x, outputs = features["c5"], []
         for level, block in zip(self.levels, self.blocks):
             if level is None:
                 x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -124,7 +129,8 @@ class UNetDecoder(nn.Module):
                 skip = features[level]
                 x = torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], 1)
             x = block(x)
-        return x
+            outputs.append(x)
+        return outputs
 
 
 class GeneralizedMeanPool(nn.Module):

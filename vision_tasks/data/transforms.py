@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
@@ -21,6 +23,23 @@ def letterbox(size: int) -> list[A.BasicTransform]:
     ]
 
 
+class HueTurn(A.ColorJitter):
+    """The hue turned anywhere on its circle, nothing else: one of ``colour_shift``'s ways."""
+
+    def __init__(self, p: float = 1.0) -> None:
+        super().__init__(brightness=0, contrast=0, saturation=0, hue=0.5, p=p)
+
+
+# What photometric(colour_shift) may apply to an image, by the names albumentations records in
+# ``applied_transforms``: after any of these an object's colours are no longer its own.
+COLOUR_SHIFTS = frozenset({"ChannelShuffle", "HueTurn", "ToGray"})
+
+
+def colour_shifted(applied_transforms: list[tuple[str, Any]]) -> bool:
+    """Whether a pipeline run (its ``applied_transforms``) shifted the image's colours."""
+    return any(name in COLOUR_SHIFTS for name, _ in applied_transforms)
+
+
 def photometric(colour_shift: float = 0.0) -> list[A.BasicTransform]:
     """Colour jitter that keeps labels valid for every task.
 
@@ -32,7 +51,7 @@ def photometric(colour_shift: float = 0.0) -> list[A.BasicTransform]:
     """
     shift = [] if colour_shift <= 0 else [A.OneOf([
         A.ChannelShuffle(p=1.0),
-        A.ColorJitter(brightness=0, contrast=0, saturation=0, hue=0.5, p=1.0),
+        HueTurn(p=1.0),
         A.ToGray(p=1.0),
     ], p=colour_shift)]  # fmt: skip
     return [
@@ -148,6 +167,7 @@ _MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
 def segment_transforms(
     size: int, crop_size: int, train: bool, scale_range: tuple[float, float] = (0.75, 1.25),
     ignore_index: int = 255, square: bool = True, colour_shift: float = 0.0,
+    soft_masks: bool = False,
 ) -> A.Compose:  # fmt: skip
     """Semantic segmentation: image + ``mask`` label map; masks only ever use nearest resampling.
 
@@ -157,10 +177,16 @@ def segment_transforms(
     square of ``size`` rounded up to 32, so every image of a batch has the same shape, or with
     ``square=False`` only each side up to a multiple of 32 (less padding to compute on; the
     caller's collate then pads a batch to one shape).
+
+    ``soft_masks``: the mask is an (H, W, C) float map of class fractions (one-hot at the
+    original size; all zeros where unknown), resampled by area / linear interpolation, so a
+    pixel on an object's edge keeps the share of it the object covers; padding is all zeros.
     """
     nearest = cv2.INTER_NEAREST
+    if soft_masks:
+        ignore_index = 0
     resize = A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA,
-                              mask_interpolation=nearest)  # fmt: skip
+                              mask_interpolation=cv2.INTER_AREA if soft_masks else nearest)
     if not train:
         side = -(-size // 32) * 32
         extent = {"min_height": side, "min_width": side} if square else {
@@ -172,7 +198,7 @@ def segment_transforms(
     low, high = scale_range
     augment = [
         A.RandomScale(scale_limit=(low - 1, high - 1), interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=nearest, p=1.0),
+                      mask_interpolation=cv2.INTER_LINEAR if soft_masks else nearest, p=1.0),
         A.RandomCrop(crop_size, crop_size, pad_if_needed=True, pad_position="random",
                      border_mode=cv2.BORDER_CONSTANT, fill=_MEAN_RGB, fill_mask=ignore_index),
         A.HorizontalFlip(p=0.5),

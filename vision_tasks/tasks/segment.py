@@ -103,11 +103,15 @@ class SegmentDataset(Dataset):
 
     Evaluation samples also carry ``mask_original``: the label map at the original size.
     ``input_hw`` is the part of ``image`` that holds the picture (the rest is padding).
+    With ``soft_targets``, training samples also carry ``mask_soft``, (C, H, W) class
+    fractions: the one-hot label map at the original size, resampled by area (see
+    :func:`soft_label_map`); ``mask`` is then its hard version.
     """
 
     def __init__(
         self, index: CocoIndex, image_size: int, crop_size: int, train: bool,
         scale_range: tuple[float, float] = (0.75, 1.25), colour_shift: float = 0.0,
+        soft_targets: bool = False,
     ) -> None:  # fmt: skip
         if index.num_classes + 1 > IGNORE_INDEX:
             raise CocoDataError(f"{index.json_path.name}: {index.num_classes} categories; "
@@ -115,10 +119,12 @@ class SegmentDataset(Dataset):
         self.index = index
         self.image_size = image_size
         self.train = train
+        self.soft = soft_targets and train
         # Evaluation pads each image only to the network stride: no compute spent on a square.
         self.transform = segment_transforms(image_size, crop_size, train, scale_range,
                                             IGNORE_INDEX, square=False,
-                                            colour_shift=colour_shift)  # fmt: skip
+                                            colour_shift=colour_shift,
+                                            soft_masks=self.soft)  # fmt: skip
         self.image_ids = list(index.image_ids)
 
     def __len__(self) -> int:
@@ -134,7 +140,13 @@ class SegmentDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         image_id = self.image_ids[i]
         image, label = self.index.load_image(image_id), self.label_map(image_id)
-        out = self.transform(image=image, mask=label)
+        if self.soft:
+            one_hot = one_hot_label_map(label, self.index.num_classes + 1)
+            out = self.transform(image=image, mask=one_hot)
+            fractions = out["mask"].permute(2, 0, 1).float()
+            out["mask"] = hard_label_map(fractions)
+        else:
+            out = self.transform(image=image, mask=label)
         sample = {
             "image": out["image"],
             "mask": out["mask"].long(),
@@ -144,9 +156,25 @@ class SegmentDataset(Dataset):
         }
         if self.train:
             sample["input_hw"] = torch.tensor(out["image"].shape[-2:])  # a crop: all of it
+            if self.soft:
+                sample["mask_soft"] = fractions
         else:
             sample["mask_original"] = torch.from_numpy(label).long()
         return sample
+
+
+def one_hot_label_map(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) label map -> (H, W, num_classes) float32 one-hot; all zeros where ignored."""
+    known = label != IGNORE_INDEX
+    return (np.eye(num_classes, dtype=np.float32)[np.where(known, label, 0)]
+            * known[..., None])  # fmt: skip
+
+
+def hard_label_map(fractions: Tensor) -> Tensor:
+    """(C, H, W) class fractions -> (H, W) labels: the largest, ``IGNORE_INDEX`` where less than
+    half of the pixel is known."""
+    known = fractions.sum(dim=0) >= 0.5
+    return torch.where(known, fractions.argmax(dim=0), IGNORE_INDEX)
 
 
 def input_size(original_hw: tuple[int, int], image_size: int) -> tuple[int, int]:
@@ -169,7 +197,10 @@ class SegmentData(VisionDataModule):
 
     ``image_size`` is the long side images are resized to; ``crop_size`` the side of the square
     training crops cut after a random rescale by a factor in [``scale_min``, ``scale_max``];
-    ``colour_shift`` as in :func:`vision_tasks.data.transforms.photometric`.
+    ``colour_shift`` as in :func:`vision_tasks.data.transforms.photometric`; ``soft_targets``:
+    train on the class fractions of each resized pixel rather than the class at its centre, so
+    the model learns where an edge lies inside a pixel (scores are taken at the original size,
+    where a pixel of a 0.6x input is 1.7 pixels wide).
     """
 
     def __init__(
@@ -191,6 +222,7 @@ class SegmentData(VisionDataModule):
         scale_min: float = 0.75,
         scale_max: float = 1.25,
         colour_shift: float = 0.0,
+        soft_targets: bool = False,
     ) -> None:
         super().__init__(
             train_json, train_images, val_json, val_images, test_json, test_images, image_size,
@@ -201,11 +233,12 @@ class SegmentData(VisionDataModule):
         self.crop_size = crop_size
         self.scale_range = (scale_min, scale_max)
         self.colour_shift = colour_shift
+        self.soft_targets = soft_targets
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """One sample per image: augmented crops for training, whole images otherwise."""
         return SegmentDataset(index, self.image_size, self.crop_size, train, self.scale_range,
-                              self.colour_shift)  # fmt: skip
+                              self.colour_shift, self.soft_targets)  # fmt: skip
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack; evaluation images (sizes may differ) are padded bottom/right with 0 (the
@@ -242,10 +275,16 @@ class SegmentHead(nn.Module):
         """Class logits at the decoder's output stride."""
         return self.classifier(self.decoder(features))
 
+    def forward_blocks(self, features: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """The logits and every decoder block's output (another head may read them)."""
+        blocks = self.decoder.block_outputs(features)
+        return self.classifier(blocks[-1]), blocks
+
 
 def segmentation_loss(
-    logits: Tensor, target: Tensor, class_weights: Tensor | None = None, dice_weight: float = 0.0
-) -> dict[str, Tensor]:
+    logits: Tensor, target: Tensor, class_weights: Tensor | None = None, dice_weight: float = 0.0,
+    fractions: Tensor | None = None,
+) -> dict[str, Tensor]:  # fmt: skip
     """Cross-entropy (ignore index honoured) plus optional soft Dice.
 
     Args:
@@ -253,34 +292,34 @@ def segmentation_loss(
         target: (B, H, W) class indices, ``IGNORE_INDEX`` where unknown.
         class_weights: optional (C,) cross-entropy weights.
         dice_weight: weight of the Dice term (0: off).
+        fractions: optional (B, C, H, W) class fractions of each pixel (all zeros where
+            unknown), trained on instead of ``target``: the cross-entropy against a
+            distribution, each pixel weighted by its known fraction.
 
     Returns:
         ``{"loss", "ce"[, "dice"]}``; the cross-entropy is a (weighted) mean over the known
         pixels and 0, not NaN, when a batch has none.
     """
-    ce = F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX,
-                         reduction="sum")  # fmt: skip
-    known = target != IGNORE_INDEX
-    if class_weights is None:
-        denominator = known.sum()
-    else:
-        denominator = class_weights[target[known]].sum()
-    losses = {"ce": ce / denominator.clamp(min=1e-6)}
-    losses["loss"] = losses["ce"]
+    if fractions is None:
+        known = (target != IGNORE_INDEX).unsqueeze(1)
+        fractions = F.one_hot(target.masked_fill(~known[:, 0], 0), logits.shape[1])
+        fractions = fractions.permute(0, 3, 1, 2).float() * known
+    weights = fractions if class_weights is None else fractions * class_weights[:, None, None]
+    ce = -(weights * logits.log_softmax(dim=1)).sum() / weights.sum().clamp(min=1e-6)
+    losses = {"ce": ce, "loss": ce}
     if dice_weight > 0:
-        losses["dice"] = dice_loss(logits, target)
-        losses["loss"] = losses["ce"] + dice_weight * losses["dice"]
+        losses["dice"] = dice_loss(logits, fractions)
+        losses["loss"] = ce + dice_weight * losses["dice"]
     return losses
 
 
-def dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
-    """1 - soft Dice, averaged over classes, on the known pixels of (B, C, H, W) / (B, H, W)."""
-    known = (target != IGNORE_INDEX).unsqueeze(1)
+def dice_loss(logits: Tensor, fractions: Tensor, smooth: float = 1.0) -> Tensor:
+    """1 - soft Dice averaged over classes, on the known pixels of (B, C, H, W) logits against
+    (B, C, H, W) class fractions (one-hot where a pixel's class is known, all zeros where not)."""
+    known = fractions.sum(dim=1, keepdim=True)
     probs = logits.softmax(dim=1) * known
-    one_hot = F.one_hot(target.masked_fill(~known[:, 0], 0), logits.shape[1])
-    one_hot = one_hot.permute(0, 3, 1, 2).to(probs.dtype) * known
-    intersection = (probs * one_hot).sum(dim=(0, 2, 3))
-    total = probs.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    intersection = (probs * fractions).sum(dim=(0, 2, 3))
+    total = probs.sum(dim=(0, 2, 3)) + fractions.sum(dim=(0, 2, 3))
     return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
 
 
@@ -336,6 +375,8 @@ class SegmentTask(BaseTask):
         aux_weight: weight of an auxiliary cross-entropy on c4 (PSPNet's deep supervision),
             which trains the deep layers to tell classes apart from the first steps; training
             only, 0 turns it off.
+        flip_test: in evaluation and prediction, average the logits with those of the mirrored
+            image (test-time augmentation: twice the inference time).
         (the rest: see :class:`BaseTask`)
     """
 
@@ -351,6 +392,7 @@ class SegmentTask(BaseTask):
         dice_weight: float = 0.0,
         class_weights: tuple[float, ...] | None = None,
         aux_weight: float = 0.0,
+        flip_test: bool = False,
         backbone: str = "resnet18",
         backbone_weights: str = "none",
         freeze_at: int = 0,
@@ -389,8 +431,15 @@ class SegmentTask(BaseTask):
         """(B, 3, H, W) normalised images, any H and W -> (B, num_classes, H, W) logits.
 
         The input is zero-padded (the normalised mean colour) bottom/right to a multiple of the
-        network stride and the logits are cropped back to (H, W).
+        network stride and the logits are cropped back to (H, W). With ``flip_test`` (eval
+        only) they are the mean of the image's and its mirror image's.
         """
+        logits = self._logits(images)
+        if self.hparams.flip_test and not self.training:
+            logits = (logits + self._logits(images.flip(-1)).flip(-1)) / 2
+        return logits
+
+    def _logits(self, images: Tensor) -> Tensor:
         height, width = images.shape[-2:]
         pad_h, pad_w = -height % NETWORK_STRIDE, -width % NETWORK_STRIDE
         padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
@@ -411,11 +460,13 @@ class SegmentTask(BaseTask):
 
     def compute_loss(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Cross-entropy (+ Dice, + auxiliary c4 cross-entropy) against the network-size mask."""
+        fractions = batch.get("mask_soft")  # training with soft_targets
         losses = segmentation_loss(outputs, batch["mask"], self.class_weights,
-                                   self.hparams.dice_weight)  # fmt: skip
+                                   self.hparams.dice_weight, fractions)  # fmt: skip
         aux_logits, self._aux_logits = self._aux_logits, None
         if aux_logits is not None:
-            losses["aux"] = segmentation_loss(aux_logits, batch["mask"], self.class_weights)["ce"]
+            losses["aux"] = segmentation_loss(aux_logits, batch["mask"], self.class_weights,
+                                              fractions=fractions)["ce"]  # fmt: skip
             losses["loss"] = losses["loss"] + self.hparams.aux_weight * losses["aux"]
         return losses
 
@@ -475,7 +526,8 @@ class SegmentTask(BaseTask):
                     "ok": [s[2] for s in samples], "columns": 2}),
         ]  # fmt: skip
         metrics = {**headline, "pixels": int(sum(pixels))}
-        meta = {"ignore_index": IGNORE_INDEX, "scored_at": "original image resolution"}
+        meta = {"ignore_index": IGNORE_INDEX, "scored_at": "original image resolution",
+                "flip_test": bool(self.hparams.flip_test)}
         return Report("segment", headline, metrics, {"per_class": table}, figures, meta)
 
     # ---- tools/predict.py ------------------------------------------------------------------
