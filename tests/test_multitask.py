@@ -51,8 +51,12 @@ def data(tiny_coco) -> MultiTaskData:
     return data
 
 
-def test_one_forward_gives_every_output_with_documented_shapes_and_one_backbone_call(data):
-    model = make_model(data)
+@pytest.mark.parametrize("reid_channels", [0, 48])  # the PAN pooled directly, or a tower first
+def test_one_forward_gives_every_output_with_documented_shapes_and_one_backbone_call(
+    data, reid_channels
+):
+    model = make_model(data, reid_channels=reid_channels)
+    embedding_width = reid_channels or 64  # the neck's width when no tower
     calls = []
     model.backbone.register_forward_hook(lambda *_: calls.append(1))
     batch = next(iter(data.train_dataloader()))
@@ -70,7 +74,7 @@ def test_one_forward_gives_every_output_with_documented_shapes_and_one_backbone_
     assert outputs["keypoints"]["heatmaps"].shape == (people, 17, height // 4, width // 4)
     identities = sum(int(r.sum()) for r in outputs["truth"]["reid_rows"])
     embedding = outputs["reid"]["embedding"]
-    assert embedding.shape == (identities, 64)
+    assert embedding.shape == (identities, embedding_width)
     assert torch.allclose(embedding.norm(dim=1), torch.ones(identities), atol=1e-5)
     assert outputs["reid"]["logits"].shape == (identities, len(data.identity_labels))
 
@@ -83,7 +87,7 @@ def test_one_forward_gives_every_output_with_documented_shapes_and_one_backbone_
     assert len(found["detections"]) == b
     kept = sum(len(boxes) for boxes, _, _ in found["detections"])
     if found["reid"] is not None:
-        assert found["reid"]["embedding"].shape == (kept, 64)
+        assert found["reid"]["embedding"].shape == (kept, embedding_width)
 
 
 def test_sample_without_keypoint_labels_contributes_zero_keypoint_gradient(data):
@@ -113,6 +117,43 @@ def test_sample_without_keypoint_labels_contributes_zero_keypoint_gradient(data)
     labelled = batch_of(data, [first])
     model.compute_loss(model.forward_batch(labelled), labelled)["loss"].backward()
     assert any(p.grad is not None and p.grad.any() for p in model.keypoint_head.parameters())
+
+
+def test_colour_shifted_images_train_no_identities(tiny_coco, data) -> None:
+    """An identity is its colours: a colour-shifted image keeps its boxes, loses its re-ID rows."""
+    for shift in (0.0, 1.0):
+        shifted = MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images),
+                                image_size=SIZE, num_workers=0, colour_shift=shift)  # fmt: skip
+        shifted.setup("fit")
+        dataset = shifted.datasets["train"]
+        flags = {bool(dataset[i]["colour_shifted"]) for i in range(len(dataset))}
+        assert flags == {shift > 0}
+    model = make_model(data, heads=["detect", "reid"])
+    batch = batch_of(data, images_with_people(data)[:2])
+    plain = model.labelled_instances(batch)
+    assert all(rows.any() for rows in plain["reid_rows"])
+    batch["colour_shifted"] = torch.tensor([True, False])
+    truth = model.labelled_instances(batch)
+    assert not truth["reid_rows"][0].any()
+    assert torch.equal(truth["reid_rows"][1], plain["reid_rows"][1])
+    assert len(truth["identity"]) == int(plain["reid_rows"][1].sum())
+
+
+@pytest.mark.parametrize("read_segment", [True, False])
+def test_keypoint_head_reads_the_segmentation_decoder_at_stride_4(data, read_segment) -> None:
+    model = make_model(data, heads=["segment", "keypoints"], keypoints_read_segment=read_segment,
+                       decoder_channels=(32, 24, 16, 8))  # fmt: skip
+    batch = batch_of(data, images_with_people(data)[:2])
+    model.head_losses(model.forward_batch(batch), batch)["keypoints"].backward()
+    blocks = model.segment_head.decoder.blocks  # strides 16, 8, 4, 2
+
+    def has_grad(module: torch.nn.Module) -> bool:
+        return any(p.grad is not None and p.grad.any() for p in module.parameters())
+
+    assert has_grad(blocks[2]) == read_segment  # the stride-4 block, and what feeds it
+    assert has_grad(blocks[0]) == read_segment
+    assert not has_grad(blocks[3])  # finer than what the keypoint head reads
+    assert not has_grad(model.segment_head.classifier)
 
 
 def test_uncertainty_weighting_oracle() -> None:
@@ -241,7 +282,7 @@ def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
 def test_predict_writes_one_results_file_per_head_and_one_drawing_per_image(
     trained_runs, tiny_coco, tmp_path
 ) -> None:
-    from vision_tasks.cli import predict_main
+    from vision_tasks.cli import load_task_checkpoint, predict_main
     from vision_tasks.data.coco import CocoIndex, load_results
 
     checkpoint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
@@ -253,7 +294,8 @@ def test_predict_writes_one_results_file_per_head_and_one_drawing_per_image(
         load_results(index, records)  # COCO.loadRes accepts it (an empty list is handled)
     assert json.loads((tmp_path / "results_detect.json").read_text())  # 0.001 threshold: some
     reid = json.loads((tmp_path / "results_reid.json").read_text())
-    assert all(len(r["embedding"]) == 64 and "identity" in r for r in reid)
+    width = load_task_checkpoint(checkpoint).reid_head.out_channels
+    assert reid and all(len(r["embedding"]) == width and "identity" in r for r in reid)
     drawings = sorted(p.stem for p in tmp_path.glob("*.jpg"))
     assert drawings == sorted(Path(i["file_name"]).stem for i in index.coco.dataset["images"])
 

@@ -29,7 +29,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from vision_tasks import ops
 from vision_tasks.data.coco import CocoDataError, CocoIndex
 from vision_tasks.data.datamodule import VisionDataModule
-from vision_tasks.data.transforms import multitask_transforms
+from vision_tasks.data.transforms import colour_shifted, multitask_transforms
 from vision_tasks.tasks.keypoints import flip_pairs_from_names, flip_permutation
 from vision_tasks.tasks.reid import ReidDataset
 from vision_tasks.tasks.segment import IGNORE_INDEX, pad_stack, semantic_label_map
@@ -47,7 +47,9 @@ class MultiTaskDataset(Dataset):
     ``identity_label`` (n,) contiguous training label (-1: none), ``annotation_id`` (n,); per
     image ``mask`` (S, S) label map (``IGNORE_INDEX`` where unknown), ``has_mask``,
     ``class_mask`` (C,), ``image_label`` (-1: none), ``camera`` (-1: none), ``image_id`` and the
-    letterbox ``scale`` / ``pad`` / ``orig_size``. Evaluation samples add ``mask_original``,
+    letterbox ``scale`` / ``pad`` / ``orig_size``; ``colour_shifted``: the augmentation shifted
+    its colours (``colour_shift``), so its identities do not train re-ID (an identity is its
+    colours: a red shirt turned blue is another person). Evaluation samples add ``mask_original``,
     ``keypoints_original`` / ``boxes_original`` (COCO pixels) and ``is_query`` (n,).
     """
 
@@ -107,8 +109,9 @@ class MultiTaskDataset(Dataset):
             label = np.full((height, width), IGNORE_INDEX, np.uint8)
         mask = ops.letterbox_label_map(label, self.image_size, IGNORE_INDEX)
         instances = self._instances(anns, scale, (pad_x, pad_y))
+        shifted = False
         if self.train:
-            tensor, mask, instances = self._augment(square, mask, instances)
+            tensor, mask, instances, shifted = self._augment(square, mask, instances)
         else:
             tensor = self.transform(image=square)["image"]
         sample = {k: torch.as_tensor(v) for k, v in instances.items() if k != "original"}
@@ -116,7 +119,7 @@ class MultiTaskDataset(Dataset):
             image=tensor, mask=torch.as_tensor(mask).long(), has_mask=self.has_masks,
             class_mask=self.class_mask, image_label=self._image_label(info, anns),
             camera=_int_or(info.get(self.camera_field), -1), image_id=image_id, scale=scale,
-            pad=(pad_x, pad_y), orig_size=(height, width),
+            pad=(pad_x, pad_y), orig_size=(height, width), colour_shifted=shifted,
         )  # fmt: skip
         if not self.train:
             sample["mask_original"] = torch.from_numpy(label).long()
@@ -156,8 +159,9 @@ class MultiTaskDataset(Dataset):
 
     def _augment(
         self, square: np.ndarray, mask: np.ndarray, instances: dict[str, Any]
-    ) -> tuple[Any, np.ndarray, dict[str, Any]]:
-        """One random geometry for image, mask, boxes and keypoints; drops lost boxes."""
+    ) -> tuple[Any, np.ndarray, dict[str, Any], bool]:
+        """One random geometry for image, mask, boxes and keypoints; drops lost boxes. Also
+        says whether the colours were shifted (``colour_shift``)."""
         boxes = instances["boxes_xyxy"]
         valid = np.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0]
         keypoints = instances["keypoints"]
@@ -175,7 +179,7 @@ class MultiTaskDataset(Dataset):
         result = {key: value[kept] for key, value in instances.items() if key != "original"}
         result["boxes_xyxy"] = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         result["keypoints"] = moved[kept]
-        return out["image"], out["mask"], result
+        return out["image"], out["mask"], result, colour_shifted(out["applied_transforms"])
 
     def _image_label(self, info: dict, anns: list[dict]) -> int:
         if _int_or(info.get("category_id"), None) in self.cat_to_index:
@@ -207,7 +211,7 @@ def collate_multitask(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch["image"] = torch.stack([s["image"] for s in samples])
     batch["mask"] = torch.stack([s["mask"] for s in samples])
     batch["class_mask"] = torch.stack([s["class_mask"] for s in samples])
-    for key in ("has_mask", "image_label", "camera", "image_id"):
+    for key in ("has_mask", "image_label", "camera", "image_id", "colour_shifted"):
         batch[key] = torch.tensor([s[key] for s in samples])
     batch["scale"] = torch.tensor([s["scale"] for s in samples], dtype=torch.float64)
     batch["pad"] = torch.tensor([s["pad"] for s in samples], dtype=torch.float64)

@@ -9,9 +9,10 @@ embeddings):
 
 - keypoints: each backbone level c2..c5 is RoI-aligned over the box's top-down crop region
   (``ops.crop_regions``: margin and aspect as the single-task crops) at the resolution that
-  level would have for that crop, so ``layers.HeatmapHead`` gets exactly the dict the
-  single-task model's backbone gives for a crop, and its targets, loss and DARK decoding are
-  the single-task ones, in crop pixels;
+  level would have for that crop, so ``layers.HeatmapHead`` gets the dict the single-task
+  model's backbone gives for a crop, and its targets, loss and DARK decoding are the
+  single-task ones, in crop pixels. With the segmentation head attached, its decoder's stride-4
+  block (where the person's limbs are, to the pixel) joins c2 (``keypoints_read_segment``);
 - re-ID: ``MultiScaleRoIAlign`` over the PAN pyramid (each box from the level that fits its
   size) -> ``reid.ReidHead`` (pooling + BNNeck) -> triplet + identity losses.
 
@@ -34,7 +35,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from vision_tasks import ops
 from vision_tasks.evaluation.coco_eval import CocoBoxMetric
 from vision_tasks.evaluation.metrics import KeypointMetric, ReidMetric, SegmentationMetric
-from vision_tasks.layers import HeatmapHead, PANNeck
+from vision_tasks.layers import ConvBNAct, HeatmapHead, PANNeck
 from vision_tasks.tasks.base import BaseTask
 from vision_tasks.tasks.classify import ClassifyHead, classification_loss, classification_metrics
 from vision_tasks.tasks.detect import (
@@ -123,10 +124,16 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             (multiple of 32; width from ``keypoints.crop_size``).
         keypoint_head_channels: widths of the heatmap head's three decoder blocks.
         keypoint_margin: the box is enlarged by this fraction for the keypoint crop region.
+        keypoints_read_segment: with a segmentation head, the keypoint head also reads its
+            decoder's stride-4 block (RoI-aligned beside c2): features trained to find the
+            person's outline to the pixel, which the detection-shaped backbone levels lack.
         heatmap_sigma: Gaussian sigma of the heatmap targets, in cells.
         oks_sigmas: per-keypoint OKS sigmas (default: COCO's for 17 keypoints).
         reid_roi_size: (h, w) of the RoI-aligned re-ID features.
-        embedding_dim: re-ID embedding width (0: the neck width).
+        reid_channels: width of two 3x3 ConvBNAct on the RoI features before the re-ID head
+            (JDE / FairMOT's embedding branch): capacity of the identity features' own, as the
+            PAN is shaped by detection, which wants identities alike; 0: pool the PAN directly.
+        embedding_dim: re-ID embedding width (0: the neck width, or ``reid_channels``).
         num_identities: identity classifier classes (0: counted in the training data at fit).
         triplet_margin: margin of the batch-hard triplet loss.
         id_loss_weight: weight of the identity cross-entropy inside the re-ID loss.
@@ -158,9 +165,11 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         keypoint_crop_height: int = 96,
         keypoint_head_channels: tuple[int, int, int] = (64, 32, 32),
         keypoint_margin: float = 0.25,
+        keypoints_read_segment: bool = True,
         heatmap_sigma: float = 2.0,
         oks_sigmas: list[float] | None = None,
         reid_roi_size: tuple[int, int] = (8, 6),
+        reid_channels: int = 0,
         embedding_dim: int = 0,
         num_identities: int = 0,
         triplet_margin: float | None = 0.3,
@@ -208,12 +217,24 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         if "classify" in self.heads:
             self.classify_head = ClassifyHead(channels["c5"], len(categories))
             metrics["classify"] = classification_metrics(len(categories))
+        # The segmentation decoder's block at c2's stride (stride 4), if it has one.
+        self.shared_block = None
+        if "segment" in self.heads and keypoints_read_segment:
+            levels = self.segment_head.decoder.levels
+            self.shared_block = levels.index("c2") if "c2" in levels else None
         if "keypoints" in self.heads:
-            self._build_keypoint_head(channels, keypoint_crop_height, keypoint_head_channels,
-                                      oks_sigmas, metrics)  # fmt: skip
+            keypoint_channels = dict(channels)
+            if self.shared_block is not None:
+                keypoint_channels["c2"] += int(decoder_channels[self.shared_block])
+            self._build_keypoint_head(keypoint_channels, keypoint_crop_height,
+                                      keypoint_head_channels, oks_sigmas, metrics)  # fmt: skip
         if "reid" in self.heads:
             self.reid_pool = MultiScaleRoIAlign(list(PYRAMID), list(reid_roi_size), 2)
-            self.reid_head = ReidHead(neck_width, embedding_dim, "gem")
+            self.reid_tower = nn.Identity()
+            if reid_channels > 0:
+                self.reid_tower = nn.Sequential(ConvBNAct(neck_width, reid_channels),
+                                                ConvBNAct(reid_channels, reid_channels))
+            self.reid_head = ReidHead(reid_channels or neck_width, embedding_dim, "gem")
             self.identity_classifier: nn.Linear | None = None
             if num_identities > 0 and id_loss_weight > 0:
                 self._build_identity_classifier(num_identities)
@@ -292,7 +313,8 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         Returns:
             ``features`` (the backbone dict), ``pyramid`` [p3, p4, p5] (B, width, S/s, S/s);
             with ``detect``: ``cls_logits`` (B, N, C), ``box_regression`` (B, N, 4),
-            ``points`` (N, 2), ``strides`` (N, 1); ``segment``: (B, C + 1, S, S) logits;
+            ``points`` (N, 2), ``strides`` (N, 1); ``segment``: (B, C + 1, S, S) logits (and
+            ``segment_c2``, its decoder's stride-4 block, when the keypoint head reads it);
             ``classify``: (B, C) logits; ``keypoints``: ``heatmaps`` (R, K, h/4, w/4) and
             ``regions`` (R, 4) crop regions, ``image_index`` (R,); ``reid``: ``features``,
             ``embedding`` (unit norm), ``logits`` (or None), each (M, ...), ``image_index``
@@ -308,7 +330,9 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             out["points"], out["strides"] = self._grid_for(
                 [tuple(p.shape[-2:]) for p in pyramid], images.device)
         if "segment" in self.heads:
-            logits = self.segment_head(features)
+            logits, blocks = self.segment_head.forward_blocks(features)
+            if self.shared_block is not None:
+                out["segment_c2"] = blocks[self.shared_block]
             if logits.shape[-2:] != images.shape[-2:]:
                 logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
                                        align_corners=False)  # fmt: skip
@@ -319,7 +343,7 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             if not self.training and "detect" in self.heads:
                 out["on_detections"] = self.on_detections(out, images.shape[-1])
             return out
-        out["keypoints"] = self.keypoint_branch(features, keypoint_boxes)
+        out["keypoints"] = self.keypoint_branch(features, keypoint_boxes, out.get("segment_c2"))
         out["reid"] = self.reid_branch(pyramid, reid_boxes, images.shape[-1])
         return out
 
@@ -330,9 +354,11 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         return self._grid[1], self._grid[2]
 
     def keypoint_branch(
-        self, features: dict[str, Tensor], boxes: list[Tensor] | None
-    ) -> dict[str, Tensor] | None:
-        """Heatmaps of the boxes' crop regions from RoI-aligned c2..c5 (see module docstring)."""
+        self, features: dict[str, Tensor], boxes: list[Tensor] | None,
+        segment_c2: Tensor | None = None,
+    ) -> dict[str, Tensor] | None:  # fmt: skip
+        """Heatmaps of the boxes' crop regions from RoI-aligned c2..c5 and, when given, the
+        segmentation decoder's stride-4 block beside c2 (see module docstring)."""
         if "keypoints" not in self.heads or boxes is None or sum(len(b) for b in boxes) == 0:
             return None
         width, height = self.crop_size
@@ -341,10 +367,13 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         regions = ops.crop_regions(torch.cat(boxes).float(), self.crop_size,
                                    self.hparams.keypoint_margin)  # fmt: skip
         rois = torch.cat([index[:, None].to(regions), regions], dim=1)
+        maps = dict(features)
+        if self.shared_block is not None:
+            maps["c2"] = torch.cat([features["c2"], segment_c2], dim=1)
         crops = {}
         for level in KEYPOINT_LEVELS:
             stride = self.backbone.strides[level]
-            crops[level] = roi_align(features[level], rois, (height // stride, width // stride),
+            crops[level] = roi_align(maps[level], rois, (height // stride, width // stride),
                                      1.0 / stride, sampling_ratio=2, aligned=True)  # fmt: skip
         return {"heatmaps": self.keypoint_head(crops), "regions": regions, "image_index": index}
 
@@ -359,7 +388,7 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         maps = OrderedDict(zip(PYRAMID, pyramid))
         pooled = self.reid_pool(maps, [b.float() for b in boxes], [(image_size, image_size)]
                                 * len(boxes))  # fmt: skip
-        features, bn_features = self.reid_head(pooled)
+        features, bn_features = self.reid_head(self.reid_tower(pooled))
         classifier = self.identity_classifier
         index = torch.cat([torch.full((len(b),), i, device=pooled.device)
                            for i, b in enumerate(boxes)])  # fmt: skip
@@ -382,7 +411,8 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             persons = [(boxes[labels == self.keypoint_index], scores[labels == self.keypoint_index])
                        for boxes, scores, labels in detections]  # fmt: skip
             result["keypoint_scores"] = [s for _, s in persons]
-            result["keypoints"] = self.keypoint_branch(outputs["features"], [b for b, _ in persons])
+            result["keypoints"] = self.keypoint_branch(outputs["features"], [b for b, _ in persons],
+                                                       outputs.get("segment_c2"))  # fmt: skip
         result["reid"] = self.reid_branch(outputs["pyramid"], [b for b, _, _ in detections],
                                           image_size)  # fmt: skip
         return result
@@ -407,7 +437,13 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             truth["keypoint_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
             truth["keypoints"] = [k[r] for k, r in zip(batch["keypoints"], rows)]
         if "reid" in self.heads:
-            rows = [(ids >= 0) & ~crowd for ids, crowd in zip(batch["identity"], batch["crowd"])]
+            # Colour-shifted images keep their boxes and masks but lose their identities: on
+            # them a red shirt shows blue, which would teach re-ID that colour says nothing.
+            shifted = batch.get("colour_shifted")
+            if shifted is None:
+                shifted = torch.zeros(len(batch["identity"]), dtype=torch.bool)
+            rows = [(ids >= 0) & ~crowd & ~s.to(crowd.device)
+                    for ids, crowd, s in zip(batch["identity"], batch["crowd"], shifted)]
             truth["reid_rows"] = rows
             truth["reid_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
             truth["identity"] = torch.cat([i[r] for i, r in zip(batch["identity"], rows)])
