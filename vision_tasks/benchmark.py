@@ -78,7 +78,10 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
 
 def _task_config(task: str) -> dict[str, Any]:
     config = yaml.safe_load((CONFIG_DIR / f"{task}.yaml").read_text()) or {}
-    return {"model": config.get("model") or {}, "data": config.get("data") or {}}
+    shared = yaml.safe_load((CONFIG_DIR / "trainer.yaml").read_text()) or {}
+    trainer = {**(shared.get("trainer") or {}), **(config.get("trainer") or {})}
+    return {"model": config.get("model") or {}, "data": config.get("data") or {},
+            "precision": str(trainer.get("precision", "32-true"))}  # fmt: skip
 
 
 def _sized(config: dict, image_size: int | None) -> dict:
@@ -162,6 +165,9 @@ def speed(
     """Training step, batch-1 latency and batch-16 throughput of a task and of its backbone."""
     torch.manual_seed(0)
     model, batch = build(task, image_size, batch_size=16)
+    # Training as the task's config trains (bf16-mixed: autocast); inference is float32 always.
+    precision = _task_config(task)["precision"]
+    autocast = partial(torch.autocast, "cpu", torch.bfloat16, enabled=precision == "bf16-mixed")
     images = batch["image"]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -171,7 +177,9 @@ def speed(
     def train_step(forward_loss: Callable[[], Tensor]) -> Callable[[], None]:
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            forward_loss().backward()
+            with autocast():
+                loss = forward_loss()
+            loss.backward()
             optimizer.step()
 
         return step
@@ -191,8 +199,10 @@ def speed(
         "input": list(images.shape[1:]),
         "channels_last": channels_last,
         "fused_conv_bn": fuse,
+        "train_precision": precision,
         "train": _with_share(full_train, backbone_train, images.shape[0]),
     }
+    passes = inference_model.backbone_passes  # flip test: the backbone runs twice
     with torch.inference_mode() if grad_mode == "inference" else torch.no_grad():
         if fuse:
             result["fusion_max_abs_diff"] = _max_abs_diff(model(images), inference_model(images))
@@ -201,6 +211,7 @@ def speed(
             full = timed(partial(_predict, inference_model, sub), repeats, warmup)
             bare_input = inference_model.backbone_input(sub["image"])
             bare = timed(partial(inference_model.backbone, bare_input), repeats, warmup)
+            bare = {**bare, "median_ms": bare["median_ms"] * passes}
             result[name] = _with_share(full, bare, size)
     result["peak_rss_mib"] = peak_rss_mib()
     result["loader"] = loader_speed(task, image_size)

@@ -90,6 +90,11 @@ class BaseTask(L.LightningModule):
         """What the backbone sees of a batch's images (a Siamese task splits its pairs)."""
         return images
 
+    @property
+    def backbone_passes(self) -> int:
+        """Backbone runs of one evaluation forward (2 for a flip test; benchmarks count them)."""
+        return 2 if self.hparams.get("flip_test", False) else 1
+
     def draw_samples(self, outputs: Any, batch: Batch) -> list[tuple[Any, str, bool | None]]:
         """Images with predictions drawn, for the report grid."""
         return []
