@@ -156,6 +156,27 @@ def test_keypoint_head_reads_the_segmentation_decoder_at_stride_4(data, read_seg
     assert not has_grad(model.segment_head.classifier)
 
 
+def test_jittered_keypoint_rois_train_on_copies_of_each_labelled_person(data) -> None:
+    model = make_model(data, heads=["detect", "keypoints"], keypoint_rois=3, keypoint_jitter=0.2)
+    batch = batch_of(data, images_with_people(data)[:2])
+    truth = model.labelled_instances(batch)
+    people = [int(r.sum()) for r in truth["keypoint_rows"]]
+    assert [len(b) for b in truth["keypoint_boxes"]] == [3 * n for n in people]
+    for image, n in enumerate(people):
+        exact = batch["boxes_xyxy"][image][truth["keypoint_rows"][image]]
+        copies = truth["keypoint_boxes"][image].reshape(n, 3, 4)
+        assert torch.equal(copies[:, 0], exact)  # the box itself, then jittered versions
+        size = (exact[:, 2:] - exact[:, :2]).repeat(1, 2)[:, None]
+        moved = (copies[:, 1:] - exact[:, None]).abs()
+        assert (moved > 0).all() and (moved <= 0.2 * size * 1.5 + 1e-4).all()
+        points = truth["keypoints"][image].reshape(n, 3, -1, 3)
+        assert torch.equal(points[:, 1], points[:, 0]) and torch.equal(points[:, 2], points[:, 0])
+    model.eval()  # evaluation reads each person once, on its own box
+    assert [len(b) for b in model.labelled_instances(batch)["keypoint_boxes"]] == people
+    with pytest.raises(ValueError, match="keypoint_rois >= 1"):
+        make_model(data, keypoint_rois=0)
+
+
 def test_uncertainty_weighting_oracle() -> None:
     losses = {"detect": torch.tensor(2.0), "segment": torch.tensor(3.0)}
     log_vars = torch.nn.ParameterDict({"detect": torch.nn.Parameter(torch.tensor(0.0)),

@@ -102,6 +102,21 @@ def crop_regions(boxes_xyxy: Tensor, output_size: tuple[int, int], margin: float
     return torch.cat([centre - half, centre + half], dim=1)
 
 
+def jitter_boxes(boxes_xyxy: Tensor, copies: int, jitter: float) -> Tensor:
+    """(N, 4) boxes -> (N, copies, 4): each box, then ``copies - 1`` versions of it shifted by up
+    to ``jitter`` of its size and rescaled by a factor in [1 - jitter, 1 + jitter] (uniform, from
+    torch's generator): the boxes a detector might have found, for training per-box heads."""
+    size = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2])[:, None]
+    centre = (boxes_xyxy[:, :2] + boxes_xyxy[:, 2:])[:, None] / 2
+    n = boxes_xyxy.shape[0]
+    draw = (torch.rand(n, copies, 3, device=boxes_xyxy.device) * 2 - 1) * jitter
+    centre = centre + draw[..., :2] * size
+    half = size * (1 + draw[..., 2:]) / 2
+    jittered = torch.cat([centre - half, centre + half], dim=-1)
+    jittered[:, 0] = boxes_xyxy  # the first copy is the box itself
+    return jittered
+
+
 def to_region_pixels(points: Tensor, regions: Tensor, output_size: tuple[int, int]) -> Tensor:
     """(R, K, 2) continuous image coordinates -> pixels of an ``output_size`` (w, h) resampling of
     each (R, 4) xyxy region, pixel centres on integers (OpenCV, as the top-down crops)."""

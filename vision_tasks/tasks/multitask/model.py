@@ -124,6 +124,11 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             (multiple of 32; width from ``keypoints.crop_size``).
         keypoint_head_channels: widths of the heatmap head's three decoder blocks.
         keypoint_margin: the box is enlarged by this fraction for the keypoint crop region.
+        keypoint_rois: in training, regions per labelled person: its box and
+            ``keypoint_rois - 1`` jittered versions of it (``ops.jitter_boxes``), so the
+            keypoint head learns from more crops per image (it costs a fraction of the image's
+            forward) and from boxes as loose as a detector's.
+        keypoint_jitter: the jitter's size, a fraction of the box.
         keypoints_read_segment: with a segmentation head, the keypoint head also reads its
             decoder's stride-4 block (RoI-aligned beside c2): features trained to find the
             person's outline to the pixel, which the detection-shaped backbone levels lack.
@@ -165,6 +170,8 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         keypoint_crop_height: int = 96,
         keypoint_head_channels: tuple[int, int, int] = (64, 32, 32),
         keypoint_margin: float = 0.25,
+        keypoint_rois: int = 1,
+        keypoint_jitter: float = 0.1,
         keypoints_read_segment: bool = True,
         heatmap_sigma: float = 2.0,
         oks_sigmas: list[float] | None = None,
@@ -196,6 +203,9 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         )  # fmt: skip
         self.heads = list(heads)
         self._check_arguments(categories, image_size, loss_weights)
+        if keypoint_rois < 1 or not 0 <= keypoint_jitter < 1:
+            raise ValueError(f"need --model.keypoint_rois >= 1 and 0 <= --model.keypoint_jitter "
+                             f"< 1, got {keypoint_rois}, {keypoint_jitter}")  # fmt: skip
         self.categories = categories
         self.class_names = [c["name"] for c in categories]
         self.loss_weights = {h: float((loss_weights or {}).get(h, 1.0)) for h in self.heads}
@@ -436,6 +446,13 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             truth["keypoint_rows"] = rows
             truth["keypoint_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
             truth["keypoints"] = [k[r] for k, r in zip(batch["keypoints"], rows)]
+            copies = self.hparams.keypoint_rois
+            if self.training and copies > 1:
+                jitter = self.hparams.keypoint_jitter
+                truth["keypoint_boxes"] = [ops.jitter_boxes(b, copies, jitter).flatten(0, 1)
+                                           for b in truth["keypoint_boxes"]]  # fmt: skip
+                truth["keypoints"] = [k.repeat_interleave(copies, dim=0)
+                                      for k in truth["keypoints"]]  # fmt: skip
         if "reid" in self.heads:
             # Colour-shifted images keep their boxes and masks but lose their identities: on
             # them a red shirt shows blue, which would teach re-ID that colour says nothing.
