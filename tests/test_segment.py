@@ -163,6 +163,23 @@ def test_odd_input_sizes_come_back_at_exactly_that_size(channels) -> None:
         assert logits.shape == (shape[0], 4, *shape[2:])
 
 
+def test_flip_test_averages_the_mirror_image_in_evaluation_only() -> None:
+    torch.manual_seed(0)
+    model = SegmentTask(categories=CATEGORIES, decoder_channels=(16, 16, 8, 8), flip_test=True)
+    images = torch.randn(2, 3, 64, 96)
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+        single = model._logits(images)
+        mirrored = model._logits(images.flip(-1)).flip(-1)
+    assert torch.allclose(logits, (single + mirrored) / 2, atol=1e-6)
+    assert not torch.allclose(single, mirrored, atol=1e-3)  # the average does change something
+    with torch.no_grad():  # a mirrored input gives the mirrored answer
+        assert torch.allclose(model(images.flip(-1)), logits.flip(-1), atol=1e-5)
+    model.train()
+    assert model.backbone_passes == 2
+
+
 def test_loss_ignores_unknown_pixels_and_matches_weighted_cross_entropy() -> None:
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 4, 6, 7, generator=generator)
