@@ -282,8 +282,10 @@ def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
 
     joint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
     single = trained_runs["detect"] / "checkpoints" / "last.ckpt"
+    segmenter = trained_runs["segment"] / "checkpoints" / "last.ckpt"
     headline = evaluate_main(["--task", "multitask", "--ckpt", str(joint), "--output",
                               str(tmp_path), "--compare", f"detect={single}",
+                              "--compare", f"segment={segmenter}",
                               "--timing-images", "2"])  # fmt: skip
     assert {"detect/AP", "segment/miou", "keypoints_gt/AP", "reid/rank1", "reid/mAP"} <= set(
         headline)
@@ -291,12 +293,16 @@ def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
     assert report["task"] == "multitask"
     assert "keypoints_detected/AP" in report["headline"]  # 0 when the detector finds nobody
     rows = report["tables"]["single_task_comparison"]
-    assert [(r["head"], r["metric"]) for r in rows] == [("detect", "AP"), ("detect", "AP50")]
+    assert [(r["head"], r["metric"]) for r in rows] == [("detect", "AP"), ("detect", "AP50"),
+                                                       ("segment", "miou")]
     single_report = json.loads((tmp_path / "single_detect" / "report.json").read_text())
     assert rows[0]["single_task"] == pytest.approx(single_report["headline"]["AP"])
     assert rows[0]["joint"] == pytest.approx(headline["detect/AP"])
     times = {r["model"]: r["value"] for r in report["tables"]["inference_time"]}
     assert times["joint"] > 0 and times["detect"] > 0 and times["speedup"] > 0
+    # The segment config's flip test makes two passes: its one-pass time is timed apart, shorter.
+    assert 0 < times["segment_single_pass"] < times["segment"]
+    assert times["speedup_single_pass"] < times["speedup"]
     assert "## Single task comparison" in (tmp_path / "report.md").read_text()
 
 
