@@ -52,8 +52,19 @@ def test_image_size_is_the_network_input_in_training_too() -> None:
 
 def test_siamese_homography_backbone_is_timed_on_single_patches(monkeypatch) -> None:
     # The correlation model feeds its trunk one grey patch at a time: the bare-backbone timing
-    # must do the same (it crashed on the stacked 2-channel pairs).
+    # must do the same (it crashed on the stacked 2-channel pairs). Compared by the inputs the
+    # trunk receives, not by one-shot timings, which swing on a busy CI machine.
     monkeypatch.setattr(benchmark, "loader_speed", lambda *args, **kwargs: {})
+    model, batch = benchmark.build("homography", 64, batch_size=2)
+    seen: list[tuple[int, ...]] = []
+    hook = model.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    with torch.inference_mode():
+        model.eval()(batch["image"])
+    hook.remove()
+    assert seen == [(4, 1, 64, 64)]  # two pairs -> four grey patches, one trunk pass
+    assert tuple(model.backbone_input(batch["image"]).shape) == seen[0]
+
     result = benchmark.speed("homography", image_size=64, repeats=1, warmup=0)
     for part in ("train", "latency_b1", "throughput_b16"):
-        assert 0 < result[part]["backbone_median_ms"] < result[part]["median_ms"]
+        assert 0 < result[part]["backbone_median_ms"] < float("inf")
+        assert 0 < result[part]["median_ms"] < float("inf")
