@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import torch
 
@@ -68,3 +69,25 @@ def test_siamese_homography_backbone_is_timed_on_single_patches(monkeypatch) -> 
     for part in ("train", "latency_b1", "throughput_b16"):
         assert 0 < result[part]["backbone_median_ms"] < float("inf")
         assert 0 < result[part]["median_ms"] < float("inf")
+
+
+def test_joint_training_step_runs_every_head_and_each_heads_cost_is_timed() -> None:
+    # The joint model's per-box heads read the batch's boxes: a step on images alone would leave
+    # keypoints and re-ID (and the identity loss, sized at fit) out of the timing.
+    model, batch = benchmark.build("multitask", 64, batch_size=4)
+    # Colour-shifted images carry no identities: without any, re-ID would rightly sit out.
+    batch["colour_shifted"] = torch.zeros(4, dtype=torch.bool)
+    assert sum(len(boxes) for boxes in model.labelled_instances(batch)["reid_boxes"]) >= 2
+    assert model.identity_classifier is not None
+    calls: list[str] = []
+    for name in ("keypoint_head", "reid_head", "identity_classifier"):
+        getattr(model, name).register_forward_hook(lambda *_, name=name: calls.append(name))
+    no_autocast = partial(torch.autocast, "cpu", enabled=False)
+    benchmark._train_step(model.train(), batch, no_autocast)()
+    assert sorted(calls) == ["identity_classifier", "keypoint_head", "reid_head"]
+
+    full = {"median_ms": 1e9}  # any step without a head must take less than this
+    costs = benchmark._train_without_each_head(model, batch, 64, no_autocast,
+                                               torch.contiguous_format, full, 1, 0)  # fmt: skip
+    assert set(costs) == set(model.heads)
+    assert all(0 < cost["saved_share"] < 1 for cost in costs.values())

@@ -4,9 +4,10 @@ Speed: one real batch from the task's own data pipeline (synthetic default), the
 repetitions after warm-up of (a) a training step (forward, loss, backward, optimiser step),
 (b) inference at batch 1 (forward + the task's decode/post-processing) and (c) inference at
 batch 16, each also for the bare backbone on the same input, so the share of time spent outside
-the backbone (neck, head, loss, post-processing) is stated. Every figure is a median with its
-spread (min/max) over the repetitions. ``--task all`` runs each task in its own process so the
-peak resident memory is the task's own.
+the backbone (neck, head, loss, post-processing) is stated; for the joint model also the
+training step with each head left out in turn, so what each head costs is stated. Every figure
+is a median with its spread (min/max) over the repetitions. ``--task all`` runs each task in its
+own process so the peak resident memory is the task's own.
 
 Quality (``--quality``): runs ``tools/train.py --task NAME`` with its budgeted default config on
 the synthetic default, records the wall time and the headline metric of the run's report.
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -93,8 +95,12 @@ def _sized(config: dict, image_size: int | None) -> dict:
                                          if "crop_size" in config["data"] else {})}  # fmt: skip
 
 
-def build(task: str, image_size: int | None, batch_size: int, split: str = "train"):
-    """Task model (random init) and one real batch of its data pipeline at ``image_size``."""
+def build(
+    task: str, image_size: int | None, batch_size: int, split: str = "train",
+    model_overrides: dict[str, Any] | None = None,
+):  # fmt: skip
+    """Task model (random init, set up for fit as training sets it up) and one real batch of
+    its data pipeline at ``image_size``."""
     from vision_tasks.tasks import TASKS
 
     spec, config = TASKS[task], _task_config(task)
@@ -104,8 +110,15 @@ def build(task: str, image_size: int | None, batch_size: int, split: str = "trai
     data.setup("fit")
     loader = data.train_dataloader() if split == "train" else data.val_dataloader()
     batch = _full_batch(loader, batch_size)
-    model_args = {**config["model"], "backbone_weights": "none"}
+    model_args = {**config["model"], "backbone_weights": "none", **(model_overrides or {})}
     model = spec.model(**model_args, categories=data.categories, image_size=data.image_size)
+    # Fit's setup hook adds what the data decides (re-ID's identity classifier, sized by the
+    # training identities): without it the timed step would skip the identity loss.
+    model.trainer = SimpleNamespace(datamodule=data)
+    try:
+        model.setup("fit")
+    finally:
+        model.trainer = None
     return model, batch
 
 
@@ -168,30 +181,18 @@ def speed(
     # Training as the task's config trains (bf16-mixed: autocast); inference is float32 always.
     precision = _task_config(task)["precision"]
     autocast = partial(torch.autocast, "cpu", torch.bfloat16, enabled=precision == "bf16-mixed")
-    images = batch["image"]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    images = images.contiguous(memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as BaseTask
-
-    def train_step(forward_loss: Callable[[], Tensor]) -> Callable[[], None]:
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = forward_loss()
-            loss.backward()
-            optimizer.step()
-
-        return step
+    batch = {**batch, "image": batch["image"].contiguous(memory_format=memory_format)}
+    images = batch["image"]
 
     model.train()
-    full_train = timed(
-        train_step(lambda: model.compute_loss(model(images), batch)["loss"]), repeats, warmup
-    )
+    full_train = timed(_train_step(model, batch, autocast), repeats, warmup)
     backbone_train = timed(
-        train_step(lambda: _loss_of_features(model.backbone(model.backbone_input(images)))),
+        _train_step(model, batch, autocast,
+                    lambda: _loss_of_features(model.backbone(model.backbone_input(images)))),
         repeats, warmup,
-    )
+    )  # fmt: skip
     model.eval()
     inference_model = fuse_conv_bn(model) if fuse else model
     result = {
@@ -202,6 +203,9 @@ def speed(
         "train_precision": precision,
         "train": _with_share(full_train, backbone_train, images.shape[0]),
     }
+    if task == "multitask":
+        result["train"]["without_head"] = _train_without_each_head(
+            model, batch, image_size, autocast, memory_format, full_train, repeats, warmup)
     passes = inference_model.backbone_passes  # flip test: the backbone runs twice
     with torch.inference_mode() if grad_mode == "inference" else torch.no_grad():
         if fuse:
@@ -216,6 +220,46 @@ def speed(
     result["peak_rss_mib"] = peak_rss_mib()
     result["loader"] = loader_speed(task, image_size)
     return result
+
+
+def _train_step(
+    model: nn.Module, batch: dict[str, Any], autocast: Callable,
+    forward_loss: Callable[[], Tensor] | None = None,
+) -> Callable[[], None]:  # fmt: skip
+    """One optimisation step as training runs it (``forward_batch``: the joint model's per-box
+    heads read the batch's boxes), or of ``forward_loss`` with the same optimiser."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as BaseTask
+
+    def task_loss() -> Tensor:
+        return model.compute_loss(model.forward_batch(batch), batch)["loss"]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = (forward_loss or task_loss)()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _train_without_each_head(
+    model: nn.Module, batch: dict[str, Any], image_size: int | None, autocast: Callable,
+    memory_format: torch.memory_format, full: dict[str, float], repeats: int, warmup: int,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """The joint model's training step with each head left out in turn: what dropping that head
+    from the config saves (``saved_share`` of the full step)."""
+    heads, weights = list(model.heads), dict(model.hparams.loss_weights or {})
+    costs = {}
+    for head in heads if len(heads) > 1 else []:
+        rest = [h for h in heads if h != head]
+        overrides = {"heads": rest, "loss_weights": {h: w for h, w in weights.items() if h in rest}}
+        variant, _ = build("multitask", image_size, len(batch["image"]), model_overrides=overrides)
+        variant = variant.to(memory_format=memory_format).train()
+        without = timed(_train_step(variant, batch, autocast), repeats, warmup)
+        costs[head] = {"median_ms": without["median_ms"],
+                       "saved_share": 1 - without["median_ms"] / full["median_ms"]}  # fmt: skip
+    return costs
 
 
 def _predict(model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -298,6 +342,10 @@ def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None)
             f"{b1['outside_backbone_share']:>8.0%}{r['peak_rss_mib']:>9.0f}"
             f"{_loader_ratio(r):>13}"
         )
+        if train.get("without_head"):  # the joint model: what each head costs a step
+            lines.append(row)
+            row = " " * 11 + "train step share of each head (the step without it): " + ", ".join(
+                f"{head} {cost['saved_share']:.0%}" for head, cost in train["without_head"].items())
         before = old.get((r["task"], tuple(r["input"])), {})
         if "train" in before:
             train_change = _change(before["train"]["images_per_s"], train["images_per_s"])
