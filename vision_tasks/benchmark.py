@@ -55,6 +55,23 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
+def timed_in_turns(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int
+) -> dict[str, dict[str, float]]:
+    """:func:`timed` of several functions, called in turns (one call each per round)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)}
+            for name, t in times.items()}  # fmt: skip
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -203,9 +220,6 @@ def speed(
         "train_precision": precision,
         "train": _with_share(full_train, backbone_train, images.shape[0]),
     }
-    if task == "multitask":
-        result["train"]["without_head"] = _train_without_each_head(
-            model, batch, image_size, autocast, memory_format, full_train, repeats, warmup)
     passes = inference_model.backbone_passes  # flip test: the backbone runs twice
     with torch.inference_mode() if grad_mode == "inference" else torch.no_grad():
         if fuse:
@@ -217,7 +231,10 @@ def speed(
             bare = timed(partial(inference_model.backbone, bare_input), repeats, warmup)
             bare = {**bare, "median_ms": bare["median_ms"] * passes}
             result[name] = _with_share(full, bare, size)
-    result["peak_rss_mib"] = peak_rss_mib()
+    result["peak_rss_mib"] = peak_rss_mib()  # before the variants below add theirs
+    if task == "multitask":
+        result["train"]["without_head"] = _train_without_each_head(
+            model.train(), batch, image_size, autocast, memory_format, repeats, warmup)
     result["loader"] = loader_speed(task, image_size)
     return result
 
@@ -245,21 +262,25 @@ def _train_step(
 
 def _train_without_each_head(
     model: nn.Module, batch: dict[str, Any], image_size: int | None, autocast: Callable,
-    memory_format: torch.memory_format, full: dict[str, float], repeats: int, warmup: int,
+    memory_format: torch.memory_format, repeats: int, warmup: int,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     """The joint model's training step with each head left out in turn: what dropping that head
-    from the config saves (``saved_share`` of the full step)."""
+    from the config saves (``saved_share`` of the full step).
+
+    The full step and the variants are timed in turns, one step each per round, so that a
+    machine slowing down over the minute weighs on all of them alike.
+    """
     heads, weights = list(model.heads), dict(model.hparams.loss_weights or {})
-    costs = {}
+    steps = {"": _train_step(model, batch, autocast)}
     for head in heads if len(heads) > 1 else []:
         rest = [h for h in heads if h != head]
         overrides = {"heads": rest, "loss_weights": {h: w for h, w in weights.items() if h in rest}}
         variant, _ = build("multitask", image_size, len(batch["image"]), model_overrides=overrides)
-        variant = variant.to(memory_format=memory_format).train()
-        without = timed(_train_step(variant, batch, autocast), repeats, warmup)
-        costs[head] = {"median_ms": without["median_ms"],
-                       "saved_share": 1 - without["median_ms"] / full["median_ms"]}  # fmt: skip
-    return costs
+        steps[head] = _train_step(variant.to(memory_format=memory_format).train(), batch, autocast)
+    times = timed_in_turns(steps, repeats, warmup)
+    full = times.pop("")["median_ms"]
+    return {head: {"median_ms": t["median_ms"], "saved_share": 1 - t["median_ms"] / full}
+            for head, t in times.items()}  # fmt: skip
 
 
 def _predict(model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
