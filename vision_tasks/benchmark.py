@@ -363,16 +363,16 @@ def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None)
             f"{b1['outside_backbone_share']:>8.0%}{r['peak_rss_mib']:>9.0f}"
             f"{_loader_ratio(r):>13}"
         )
-        if train.get("without_head"):  # the joint model: what each head costs a step
-            lines.append(row)
-            row = " " * 11 + "train step share of each head (the step without it): " + ", ".join(
-                f"{head} {cost['saved_share']:.0%}" for head, cost in train["without_head"].items())
         before = old.get((r["task"], tuple(r["input"])), {})
         if "train" in before:
             train_change = _change(before["train"]["images_per_s"], train["images_per_s"])
             b1_change = _change(before["latency_b1"]["median_ms"], b1["median_ms"])
             row += f"   (train img/s {train_change}, b1 ms {b1_change})"
         lines.append(row)
+        if train.get("without_head"):  # the joint model: what each head costs a step
+            lines.append(" " * 11 + "train step share of each head (the step without it): "
+                         + ", ".join(f"{head} {cost['saved_share']:.0%}"
+                                     for head, cost in train["without_head"].items()))
     return "\n".join(lines)
 
 
