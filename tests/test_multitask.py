@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from vision_tasks.tasks.multitask import MultiTaskData, MultiTaskTask, weighted_total
 
@@ -263,6 +265,68 @@ def test_two_coco_files_with_disjoint_annotation_types_train_together(tiny_coco,
     changed = [k for k, v in model.state_dict().items()
                if k.startswith("keypoint_head") and not torch.equal(v, start[k])]  # fmt: skip
     assert changed
+
+
+def test_progressive_resizing_trains_small_then_full_size_in_the_loader_workers(
+    tiny_coco, tmp_path
+) -> None:
+    """The size is set before each epoch's workers copy the dataset, so they see the switch."""
+    data = MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images),
+                         str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=SIZE,
+                         batch_size=4, num_workers=1, progressive_size=SIZE // 2,
+                         progressive_until=0.5)  # fmt: skip
+    model = make_model(data, heads=["detect", "keypoints"])
+    sides: list[int] = []
+    label_scales_match: list[bool] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            side = batch["image"].shape[-1]
+            sides.append(side)
+            # boxes, keypoints and masks are mapped with this letterbox scale
+            letterboxed = batch["scale"] * batch["orig_size"].max(dim=1).values
+            expected = torch.full_like(letterboxed, float(side))
+            scaled = torch.allclose(letterboxed, expected, atol=1.0)
+            label_scales_match.append(scaled and batch["mask"].shape[-1] == side)
+
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=1, logger=False,
+                        num_sanity_val_steps=0, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[Record()])  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    # epochs 0 and 1 are under half of max_epochs = 3; epoch 2 is past it
+    assert sides == [SIZE // 2, SIZE // 2, SIZE]
+    assert all(label_scales_match)
+    assert data.datasets["val"].image_size == SIZE
+
+
+def test_progressive_resizing_follows_the_time_budget_when_there_is_one(tiny_coco) -> None:
+    data = MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images),
+                         str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=SIZE,
+                         num_workers=0, progressive_size=32, progressive_until=0.6)  # fmt: skip
+
+    class ClockAt(Timer):
+        def __init__(self, fraction: float) -> None:
+            super().__init__(duration="00:00:10:00")
+            self.fraction = fraction
+
+        def time_elapsed(self, stage: str = "train") -> float:
+            return 600.0 * self.fraction
+
+    def size_at(time_spent: float, epoch: int) -> int:
+        data.trainer = SimpleNamespace(callbacks=[ClockAt(time_spent)], world_size=1,
+                                       max_epochs=100, current_epoch=epoch)  # fmt: skip
+        return data.train_image_size()
+
+    assert size_at(0.59, epoch=3) == 32
+    assert size_at(0.61, epoch=3) == SIZE  # the clock, though only 3 of 100 epochs are done
+    assert size_at(0.1, epoch=60) == SIZE  # the epochs, on a fast machine
+    data.trainer = None
+    assert data.train_image_size() == SIZE  # outside a fit (benchmark, tests): the full size
+    with pytest.raises(ValueError, match="progressive_size"):
+        MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images), progressive_size=100)
+    with pytest.raises(ValueError, match="progressive_until"):
+        MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images), progressive_until=0)
 
 
 def test_bad_configuration_fails_clearly(data, tiny_coco) -> None:

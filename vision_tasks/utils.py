@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.callbacks import Callback, WeightAveraging
+from lightning.pytorch.callbacks import Callback, Timer, WeightAveraging
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -83,6 +83,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
+
+
+def time_budget_spent(trainer: L.Trainer) -> float | None:
+    """Share of ``--trainer.max_time`` spent (0..1), the same on every process; ``None``: no budget.
+
+    Rank zero's clock is broadcast: each process reading its own could, at a boundary such as a
+    learning-rate step or an input-size switch, see a different side of it.
+    """
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    if remaining is None:
+        return None
+    elapsed = timer.time_elapsed()
+    fraction = min(1.0, elapsed / max(elapsed + remaining, 1e-9))
+    if trainer.world_size > 1:
+        fraction = trainer.strategy.broadcast(fraction)
+    return fraction
 
 
 def capture_rng_state() -> dict[str, Any]:

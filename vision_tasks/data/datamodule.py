@@ -62,19 +62,24 @@ class EpochSeededLoader(DataLoader):
     Args:
         seed: the run's seed (``seed_everything``).
         epoch_and_rank: returns the trainer's current epoch and global rank.
+        before_epoch: called with the dataset as each epoch's iterator starts, before workers
+            copy the dataset (they are not persistent), so a change it makes reaches them.
     """
 
     def __init__(
-        self, *args: Any, seed: int, epoch_and_rank: Callable[[], tuple[int, int]], **kwargs: Any
-    ) -> None:
+        self, *args: Any, seed: int, epoch_and_rank: Callable[[], tuple[int, int]],
+        before_epoch: Callable[[Dataset], None] | None = None, **kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__(*args, generator=torch.Generator(), **kwargs)
-        self.seed, self.epoch_and_rank = seed, epoch_and_rank
+        self.seed, self.epoch_and_rank, self.before_epoch = seed, epoch_and_rank, before_epoch
 
     def __iter__(self) -> Iterator[Any]:
         return _StartsOnFirstBatch(self._seeded_iterator)
 
     def _seeded_iterator(self) -> Iterator[Any]:
         epoch, rank = self.epoch_and_rank()
+        if self.before_epoch is not None:
+            self.before_epoch(self.dataset)
         self.generator.manual_seed(epoch_seed(self.seed, epoch))  # same on every rank
         samplers = {id(s): s for s in (self.batch_sampler, self.sampler) if s is not None}
         for sampler in samplers.values():
@@ -170,6 +175,9 @@ class VisionDataModule(L.LightningDataModule):
         """A batch sampler for training (P x K for re-ID); ``None`` means shuffled batches."""
         return None
 
+    def before_train_epoch(self, dataset: Dataset) -> None:
+        """Adjust the training dataset as an epoch starts (the multitask data's input size)."""
+
     # ---- indexes and categories ----------------------------------------------------------
     def index(self, split: str) -> CocoIndex:
         """The validated COCO index of ``split`` (loaded once)."""
@@ -253,7 +261,7 @@ class VisionDataModule(L.LightningDataModule):
             # resumed run cannot rebuild. Their start-up is a small share of an epoch here.
             return EpochSeededLoader(
                 dataset, seed=self._seed(), epoch_and_rank=self._epoch_and_rank,
-                persistent_workers=False, **common, **kwargs,
+                before_epoch=self.before_train_epoch, persistent_workers=False, **common, **kwargs,
             )  # fmt: skip
         if self.num_workers == 0:
             seed_augmentation(dataset, 0)

@@ -22,12 +22,12 @@ from typing import Any, ClassVar
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
 from vision_tasks.backbone import Backbone
 from vision_tasks.evaluation.report import Report, write_report
-from vision_tasks.utils import capture_rng_state, restore_rng_state
+from vision_tasks.utils import capture_rng_state, restore_rng_state, time_budget_spent
 
 Batch = dict[str, Any]
 
@@ -265,15 +265,9 @@ class BaseTask(L.LightningModule):
         cosine half-way, at a high learning rate (Ultralytics' ``time=`` re-plans for the same
         reason). Rank zero's clock is broadcast so that every DDP process uses the same rate.
         """
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-        remaining = timer.time_remaining() if timer is not None else None
-        if remaining is None:
-            return
-        elapsed = timer.time_elapsed()
-        fraction = min(1.0, elapsed / max(elapsed + remaining, 1e-9))
-        if self.trainer.world_size > 1:
-            fraction = self.trainer.strategy.broadcast(fraction)
-        self._time_fraction = fraction
+        fraction = time_budget_spent(self.trainer)
+        if fraction is not None:
+            self._time_fraction = fraction
 
     def _total_steps(self) -> float:
         return float(self.trainer.estimated_stepping_batches)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset
 
 from vision_tasks import ops
@@ -33,6 +34,7 @@ from vision_tasks.data.transforms import colour_shifted, multitask_transforms
 from vision_tasks.tasks.keypoints import flip_pairs_from_names, flip_permutation
 from vision_tasks.tasks.reid import ReidDataset
 from vision_tasks.tasks.segment import IGNORE_INDEX, pad_stack, semantic_label_map
+from vision_tasks.utils import time_budget_spent
 
 RAGGED = ("boxes_xyxy", "label", "crowd", "keypoints", "identity", "identity_label",
           "annotation_id", "keypoints_original", "boxes_original", "is_query")  # fmt: skip
@@ -234,6 +236,13 @@ class MultiTaskData(VisionDataModule):
         flip_pairs: left / right keypoint index pairs (default: from ``left_*`` / ``right_*``).
         identity_field: annotation field holding the re-ID identity.
         camera_field: image field holding the camera id.
+        progressive_size: progressive resizing (fast.ai; Tan & Le, EfficientNetV2): train at
+            this smaller side for the first ``progressive_until`` of the run, then at
+            ``image_size``, the size validation, evaluation and prediction use. Low-resolution
+            epochs are cheap and teach what is where; the full-size ones teach the precise
+            placing keypoints need. 0: always ``image_size``.
+        progressive_until: share of the run at ``progressive_size``: of ``--trainer.max_time``
+            when the run has one, else of its ``max_epochs`` (whichever is further along).
     """
 
     def __init__(
@@ -256,6 +265,8 @@ class MultiTaskData(VisionDataModule):
         flip_pairs: list[list[int]] | None = None,
         identity_field: str = "track_id",
         camera_field: str = "camera_id",
+        progressive_size: int = 0,
+        progressive_until: float = 0.6,
     ) -> None:
         jsons = [train_json] if isinstance(train_json, str) else list(train_json or [])
         folders = [train_images] if isinstance(train_images, str) else list(train_images or [])
@@ -267,8 +278,13 @@ class MultiTaskData(VisionDataModule):
             test_json, test_images, image_size, batch_size, num_workers, policy, synthetic_seed,
             synthetic_train, synthetic_val,
         )  # fmt: skip
-        if image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32 (c5's stride), got {image_size}")
+        for name, size in (("image_size", image_size), ("progressive_size", progressive_size)):
+            if size % 32 or size < 0:
+                raise ValueError(f"{name} must be a multiple of 32 (c5's stride), got {size}")
+        if not 0 < progressive_until <= 1:
+            raise ValueError(f"progressive_until is a share of the run, in (0, 1]; got "
+                             f"{progressive_until}")  # fmt: skip
+        self.progressive_size, self.progressive_until = progressive_size, progressive_until
         self.extra_train = list(zip(jsons[1:], folders[1:]))
         self.colour_shift = colour_shift
         self.keypoint_category, self.flip_pairs = keypoint_category, flip_pairs
@@ -328,6 +344,26 @@ class MultiTaskData(VisionDataModule):
         if not train or len(self.train_indexes) == 1:
             return view(index)
         return _Concatenated([view(part) for part in self.train_indexes])
+
+    def train_image_size(self) -> int:
+        """The side training letterboxes to at this point of the run (``progressive_size``)."""
+        trainer = self.trainer
+        if not self.progressive_size or trainer is None:
+            return self.image_size
+        progress = time_budget_spent(trainer) or 0.0
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            progress = max(progress, trainer.current_epoch / trainer.max_epochs)
+        return self.progressive_size if progress < self.progressive_until else self.image_size
+
+    def before_train_epoch(self, dataset: Dataset) -> None:
+        """Set every training part's letterbox side to :meth:`train_image_size`."""
+        size = self.train_image_size()
+        parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+        if any(part.image_size != size for part in parts):
+            rank_zero_info(f"epoch {self.trainer.current_epoch}: training at {size} px "
+                           f"(progressive resizing; validation at {self.image_size} px)")
+        for part in parts:
+            part.image_size = size
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """See :func:`collate_multitask`."""
