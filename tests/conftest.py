@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from vision_tasks.cli import train_main
 from vision_tasks.data.synthetic import SyntheticPaths, generate
@@ -87,3 +88,20 @@ def trained_runs(tiny_coco, tmp_path_factory) -> _TrainedRuns:
         "--data.num_workers", "0",
     ]  # fmt: skip
     return _TrainedRuns(data, tmp_path_factory.mktemp("runs"))
+
+
+class ClockAt(Timer):
+    """A 10-minute time budget whose clock reads a fixed share of it spent."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(duration="00:00:10:00")
+        self.fraction = fraction
+
+    def time_elapsed(self, stage: str = "train") -> float:
+        return 600.0 * self.fraction
+
+
+@pytest.fixture
+def clock_at() -> type[ClockAt]:
+    """:class:`ClockAt`: a Timer callback at a known share of its budget."""
+    return ClockAt

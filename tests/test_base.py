@@ -8,7 +8,6 @@ import math
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Timer
 from torch.optim.swa_utils import AveragedModel
 
 from vision_tasks.tasks.base import warmup_cosine
@@ -36,15 +35,8 @@ def test_schedule_follows_the_steps_or_the_clock_whichever_is_further() -> None:
     assert unbounded(1000) == pytest.approx(cosine(0.5, 0.05))
 
 
-class _ClockAt(Timer):
-    """A Timer whose clock reads a fixed share of its duration; it stops the fit after 2 steps."""
-
-    def __init__(self, fraction: float) -> None:
-        super().__init__(duration="00:00:10:00")
-        self.fraction = fraction
-
-    def time_elapsed(self, stage: str = "train") -> float:
-        return 600.0 * self.fraction
+class _StopAfterTwoSteps(L.Callback):
+    """Ends the fit after 2 steps without max_steps, which would set the schedule's length."""
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         trainer.should_stop = trainer.global_step >= 2
@@ -64,10 +56,12 @@ def _fit_two_steps(tiny_coco, callbacks: list) -> torch.optim.Optimizer:
     return trainer.optimizers[0]
 
 
-def test_a_time_budget_anneals_the_learning_rate_and_the_optimiser_is_fused(tiny_coco) -> None:
+def test_a_time_budget_anneals_the_learning_rate_and_the_optimiser_is_fused(
+    tiny_coco, clock_at
+) -> None:
     # The fake clock says 90% of max_time is gone after 2 of 200 steps: the learning rate is
     # already near its floor, as the budget's end would otherwise cut it at its peak.
-    optimizer = _fit_two_steps(tiny_coco, [_ClockAt(0.9)])
+    optimizer = _fit_two_steps(tiny_coco, [clock_at(0.9), _StopAfterTwoSteps()])
     assert optimizer.state_dict()["state"][0]["step"] == 2
     assert optimizer.defaults["fused"] is True
     for group in optimizer.param_groups:

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Timer
 
 from vision_tasks.tasks.multitask import MultiTaskData, MultiTaskTask, weighted_total
 
@@ -300,21 +299,15 @@ def test_progressive_resizing_trains_small_then_full_size_in_the_loader_workers(
     assert data.datasets["val"].image_size == SIZE
 
 
-def test_progressive_resizing_follows_the_time_budget_when_there_is_one(tiny_coco) -> None:
+def test_progressive_resizing_follows_the_time_budget_when_there_is_one(
+    tiny_coco, clock_at
+) -> None:
     data = MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images),
                          str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=SIZE,
                          num_workers=0, progressive_size=32, progressive_until=0.6)  # fmt: skip
 
-    class ClockAt(Timer):
-        def __init__(self, fraction: float) -> None:
-            super().__init__(duration="00:00:10:00")
-            self.fraction = fraction
-
-        def time_elapsed(self, stage: str = "train") -> float:
-            return 600.0 * self.fraction
-
     def size_at(time_spent: float, epoch: int) -> int:
-        data.trainer = SimpleNamespace(callbacks=[ClockAt(time_spent)], world_size=1,
+        data.trainer = SimpleNamespace(callbacks=[clock_at(time_spent)], world_size=1,
                                        max_epochs=100, current_epoch=epoch)  # fmt: skip
         return data.train_image_size()
 

@@ -45,14 +45,7 @@ DEFAULT_OUTPUT = ROOT / "benchmarks" / "results.json"
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
     """Median / min / max wall time in milliseconds of ``fn`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+    return timed_in_turns({"": fn}, repeats, warmup)[""]
 
 
 def timed_in_turns(
