@@ -189,6 +189,47 @@ def test_uncertainty_weighting_oracle() -> None:
     assert float(total) == pytest.approx(0.5 * 2.0 + 2.0 * 3.0)
 
 
+class _Fixed(torch.nn.Module):
+    """A metric that computes to the values it was given."""
+
+    def __init__(self, **values: float) -> None:
+        super().__init__()
+        self.values = values
+
+    def compute(self) -> dict[str, float]:
+        return self.values
+
+
+def test_best_checkpoint_score_is_the_mean_of_the_heads_that_have_a_number() -> None:
+    from vision_tasks.tasks.multitask.model import HeadMetrics
+
+    heads = HeadMetrics(
+        {"detect": _Fixed(AP=0.8, AP50=1.0), "segment": _Fixed(miou=0.5),
+         "keypoints_gt": _Fixed(AP=-1.0), "reid": _Fixed(mAP=float("nan"), rank1=0.9)},
+        ("detect/AP", "segment/miou", "keypoints_gt/AP", "reid/mAP"),
+    )  # fmt: skip
+    values = heads.compute()
+    # COCO's -1 (no ground truth) and NaN leave the mean; AP50 and rank-1 are not scored.
+    assert values["heads_mean"] == pytest.approx((0.8 + 0.5) / 2)
+    assert values["detect/AP50"] == 1.0
+    nothing = HeadMetrics({"keypoints_gt": _Fixed(AP=-1.0)}, ("keypoints_gt/AP",)).compute()
+    assert math.isnan(nothing["heads_mean"])
+
+
+def test_a_fit_keeps_the_checkpoint_with_the_best_mean_over_heads(trained_runs) -> None:
+    import csv
+
+    run = trained_runs["multitask"]
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/heads_mean")]
+    assert rows, "val/heads_mean was not logged"
+    scored = [float(rows[-1][f"val/{name}"]) for name in
+              ("detect/AP", "segment/miou", "keypoints_gt/AP", "reid/mAP")]  # fmt: skip
+    scored = [v for v in scored if math.isfinite(v) and v >= 0]
+    assert float(rows[-1]["val/heads_mean"]) == pytest.approx(sum(scored) / len(scored))
+    best = max(rows, key=lambda r: float(r["val/heads_mean"]))
+    assert (run / "checkpoints" / f"best-{int(best['epoch']):03d}.ckpt").is_file()
+
+
 @pytest.mark.parametrize("weighting", ["uncertainty", "fixed"])
 def test_learned_loss_weights_move_and_fixed_weights_do_not(data, weighting: str) -> None:
     fixed = {"detect": 1.0, "segment": 0.5, "keypoints": 100.0, "reid": 0.25}

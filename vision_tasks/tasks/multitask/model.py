@@ -24,6 +24,7 @@ weighting: fixed weights, or learned homoscedastic uncertainty (Kendall et al. 2
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -61,12 +62,22 @@ KEYPOINT_LEVELS = ("c2", "c3", "c4", "c5")
 PYRAMID = ("p3", "p4", "p5")
 
 
-class HeadMetrics(nn.Module):
-    """Several heads' metrics as one: ``compute()`` -> ``{"<head>/<name>": value}``."""
+# The number each head is judged by. Their mean picks the best checkpoint, so that "best" means
+# best over the heads (as Ultralytics' pose models pick theirs on box + pose fitness), not the
+# epoch where one head peaked while another fell.
+SCORED_METRIC = {"detect": "detect/AP", "segment": "segment/miou", "keypoints": "keypoints_gt/AP",
+                 "reid": "reid/mAP", "classify": "classify/top1"}  # fmt: skip
 
-    def __init__(self, metrics: dict[str, nn.Module]) -> None:
+
+class HeadMetrics(nn.Module):
+    """Several heads' metrics as one: ``compute()`` -> ``{"<head>/<name>": value}``, plus
+    ``heads_mean``: the mean of the ``scored`` values that exist (COCO's -1 for "no ground
+    truth" and NaN are left out)."""
+
+    def __init__(self, metrics: dict[str, nn.Module], scored: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.heads = nn.ModuleDict(metrics)
+        self.scored = list(scored)
 
     def __getitem__(self, name: str) -> nn.Module:
         return self.heads[name]
@@ -76,8 +87,12 @@ class HeadMetrics(nn.Module):
 
     def compute(self) -> dict[str, Any]:
         """Every head's values, prefixed with the head's name."""
-        return {f"{head}/{key}": value for head, metric in self.heads.items()
-                for key, value in metric.compute().items()}  # fmt: skip
+        values = {f"{head}/{key}": value for head, metric in self.heads.items()
+                  for key, value in metric.compute().items()}  # fmt: skip
+        scores = [float(values[name]) for name in self.scored if name in values]
+        scores = [v for v in scores if math.isfinite(v) and v >= 0]
+        values["heads_mean"] = sum(scores) / len(scores) if scores else float("nan")
+        return values
 
     def reset(self) -> None:
         """Reset every head's metric."""
@@ -107,6 +122,9 @@ def weighted_total(
 
 class MultiTaskTask(MultiTaskOutputs, BaseTask):
     """Shared backbone + neck; any subset of classify / detect / segment / keypoints / reid heads.
+
+    ``best-*.ckpt`` is the epoch with the highest ``val/heads_mean``: the mean of the attached
+    heads' detect AP, segment mIoU, keypoint AP (ground-truth boxes), re-ID mAP, classify top-1.
 
     Args:
         categories: COCO category records (union of the training files); the keypoint category
@@ -249,13 +267,10 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             if num_identities > 0 and id_loss_weight > 0:
                 self._build_identity_classifier(num_identities)
             metrics["reid"] = ReidMetric()
-        self.val_metric = HeadMetrics(metrics)
-        self.test_metric = HeadMetrics({k: m.clone() for k, m in metrics.items()})
-        first = next(h for h in ("detect", "segment", "keypoints", "reid", "classify")
-                     if h in self.heads)  # fmt: skip
-        self.monitor = {"detect": "val/detect/AP", "segment": "val/segment/miou",
-                        "keypoints": "val/keypoints_gt/AP", "reid": "val/reid/mAP",
-                        "classify": "val/classify/top1"}[first]  # fmt: skip
+        scored = tuple(SCORED_METRIC[h] for h in self.heads)
+        self.val_metric = HeadMetrics(metrics, scored)
+        self.test_metric = HeadMetrics({k: m.clone() for k, m in metrics.items()}, scored)
+        self.monitor = "val/heads_mean"
 
     def _check_arguments(self, categories: Any, image_size: int, loss_weights: Any) -> None:
         unknown = [h for h in self.heads if h not in HEADS]
