@@ -84,3 +84,20 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP worker claims nothing: rank zero names it
     assert cli._new_version("detect") == "20260101-000000"
     assert len(list((tmp_path / "runs" / "detect").iterdir())) == 4
+
+
+def test_fit_starts_from_the_backbone_of_another_tasks_checkpoint(trained_runs, data_args,
+                                                                  tmp_path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    source = trained_runs["detect"] / "checkpoints" / "last.ckpt"
+    cli = train_main(["--task", "classify", *data_args, "--model.backbone_weights", str(source),
+                      "--trainer.fast_dev_run", "true"])
+    assert cli.model.hparams.backbone_weights == str(source)
+    # fast_dev_run takes one optimiser step: the stem's BatchNorm statistics still match the
+    # detector's running mean up to that step's momentum, far from a fresh init's zeros.
+    detector = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
+    start = detector["backbone.stem.0.weight"]
+    moved = (cli.model.backbone.stem[0].weight.detach() - start).abs().max()
+    assert moved < 0.05 * start.abs().max()

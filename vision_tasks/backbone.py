@@ -33,7 +33,8 @@ class Backbone(nn.Module):
     Args:
         name: ``resnet18``, ``resnet34`` or ``resnet50``.
         weights: ``imagenet`` (torchvision's weights, from its cache folder), ``none`` (random
-            init) or a path to a state dict / checkpoint holding the trunk's weights.
+            init) or a path to a file holding the trunk's weights: a torchvision state dict,
+            a ``{"state_dict": ...}`` file, or a checkpoint of any vision_tasks task.
         in_channels: input channels; when not 3, conv1 is adapted from the RGB filters.
         freeze_at: 0 freezes nothing, 1 the stem, k >= 2 the stem and stages c2..c<k>.
         norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
@@ -62,8 +63,14 @@ class Backbone(nn.Module):
         build, _ = ARCHITECTURES[name]
         resnet = build(weights=None)
         if weights != "none":
-            resnet.load_state_dict(load_trunk_state_dict(name, weights), strict=False)
-        if in_channels != 3:
+            trunk = load_trunk_state_dict(name, weights)
+            first = trunk.pop("conv1.weight")
+            resnet.load_state_dict(trunk, strict=False)
+            if first.shape[1] != 3:  # a homography trunk (stacked grey patches)
+                resnet.conv1 = nn.Conv2d(first.shape[1], 64, 7, 2, 3, bias=False)
+            with torch.no_grad():
+                resnet.conv1.weight.copy_(first)
+        if in_channels != resnet.conv1.in_channels:
             resnet.conv1 = adapt_first_conv(resnet.conv1, in_channels)
         if last_stride == 1:
             _set_last_stride_one(resnet.layer4)
@@ -125,7 +132,12 @@ def imagenet_weights_file(name: str) -> Path:
 
 
 def load_trunk_state_dict(name: str, weights: str) -> dict[str, Tensor]:
-    """Read trunk weights (``imagenet`` or a file path) as a torchvision ResNet state dict."""
+    """Read trunk weights (``imagenet`` or a file path) as a torchvision ResNet state dict.
+
+    A file may hold a torchvision state dict, a ``{"state_dict" | "model": ...}`` container
+    (a Lightning checkpoint of any vision_tasks task among them) with the usual prefixes, or a
+    truncated trunk (homography's, up to c3 / c4): stages it lacks keep their random init.
+    """
     if weights == "imagenet":
         path = imagenet_weights_file(name)
         if not path.is_file():
@@ -137,11 +149,15 @@ def load_trunk_state_dict(name: str, weights: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to a user
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BackboneWeightsError(
             f"cannot read backbone weights {path} as a plain state dict "
-            f"(loaded with weights_only=True): {error}"
+            f"(loaded with weights_only=True): {reason}"
         ) from None
-    return _trunk_keys(name, path, state)
+    trunk, absent = _trunk_keys(name, path, state)
+    stages = f"; not in the file, left at random init: {', '.join(absent)}" if absent else ""
+    log.info("backbone %s: loaded %d tensors from %s%s", name, len(trunk), path, stages)
+    return trunk
 
 
 def _download_imagenet_weights(name: str, path: Path) -> None:
@@ -159,8 +175,24 @@ def _download_imagenet_weights(name: str, path: Path) -> None:
         ) from None
 
 
-def _trunk_keys(name: str, path: Path, state: object) -> dict[str, Tensor]:
-    """Unwrap common checkpoint containers and prefixes; drop the classifier."""
+def _own_name(key: str) -> str:
+    """Map this module's parameter names (``stem.0``, ``stages.2``) to torchvision's."""
+    if key.startswith("stem.0."):
+        return "conv1." + key[len("stem.0.") :]
+    if key.startswith("stem.1."):
+        return "bn1." + key[len("stem.1.") :]
+    if key.startswith("stages.") and key[len("stages.")].isdigit():
+        stage, rest = key[len("stages.") :].split(".", 1)
+        return f"layer{int(stage) + 1}.{rest}"
+    return key
+
+
+def _trunk_keys(name: str, path: Path, state: object) -> tuple[dict[str, Tensor], list[str]]:
+    """Unwrap common checkpoint containers and prefixes; drop the classifier.
+
+    Returns the trunk's tensors under torchvision's names and the trailing stages the file
+    lacks (a truncated trunk). ``conv1.weight`` may take any number of input channels.
+    """
     if isinstance(state, dict):
         for container in ("state_dict", "model", "model_state_dict"):
             if isinstance(state.get(container), dict):
@@ -171,25 +203,34 @@ def _trunk_keys(name: str, path: Path, state: object) -> dict[str, Tensor]:
     reference = ARCHITECTURES[name][0](weights=None).state_dict()
     trunk = {}
     for key, value in state.items():
-        for prefix in _STRIP_PREFIXES:
-            if key.startswith(prefix) and key[len(prefix) :] in reference:
-                key = key[len(prefix) :]
+        for prefix in ("", *_STRIP_PREFIXES):
+            candidate = _own_name(key[len(prefix) :]) if key.startswith(prefix) else ""
+            if candidate in reference and not candidate.startswith("fc."):
+                trunk.setdefault(candidate, value)
                 break
-        if key in reference and not key.startswith("fc."):
-            trunk[key] = value
-    missing = [k for k in reference if not k.startswith("fc.") and k not in trunk]
-    if missing:
+    wanted = [k for k in reference if not k.startswith("fc.")]
+    missing = [k for k in wanted if k not in trunk]
+    absent = sorted({k.split(".")[0] for k in missing if k.startswith("layer")})
+    # Only whole trailing stages may be absent (a truncated trunk); anything else is not a trunk.
+    trailing = [f"layer{i}" for i in range(5 - len(absent), 5)]
+    partial = [k for k in missing if k.split(".")[0] not in absent]
+    if "conv1.weight" not in trunk or partial or absent != trailing or len(absent) > 3:
+        first = (partial or missing)[0]
         raise BackboneWeightsError(
-            f"{path} is not a {name} checkpoint: {len(missing)} trunk weights missing "
-            f"(first: {missing[0]})"
+            f"{path} is not a {name} checkpoint: {len(missing)} of its {len(wanted)} trunk "
+            f"tensors are missing (first: {first}); found {len(trunk)}"
         )
-    wrong = [k for k, v in trunk.items() if v.shape != reference[k].shape]
-    if wrong:
-        raise BackboneWeightsError(
-            f"{path} does not fit {name}: {wrong[0]} has shape {tuple(trunk[wrong[0]].shape)}, "
-            f"expected {tuple(reference[wrong[0]].shape)}"
+    for key, value in trunk.items():
+        expected = reference[key].shape
+        channels_only = key == "conv1.weight" and value.shape[:1] + value.shape[2:] == (
+            expected[:1] + expected[2:]
         )
-    return trunk
+        if value.shape != expected and not channels_only:
+            raise BackboneWeightsError(
+                f"{path} does not fit {name}: {key} has shape {tuple(value.shape)}, "
+                f"expected {tuple(expected)}"
+            )
+    return trunk, absent
 
 
 def adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:

@@ -9,6 +9,7 @@ further ``--config``. A fit ends with a test on the validation split that writes
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from vision_tasks.backbone import BackboneWeightsError
 from vision_tasks.data.coco import CocoDataError
 from vision_tasks.tasks import TASKS
 from vision_tasks.tasks.base import BaseTask
@@ -58,6 +60,19 @@ def print_summary(model: BaseTask, checkpoint: str) -> None:
             print(f"  {key:>12}: {value:.4f}")
     print(f"  checkpoint: {checkpoint}")
     print(f"  report:     {getattr(model, 'report_dir', '(not written)')}/report.md")
+
+
+def log_to_console() -> None:
+    """Show vision_tasks' own INFO lines (weights loaded, records skipped or clipped) on stderr.
+
+    Lightning configures only its own logger, so without a handler these lines would be lost.
+    """
+    logger = logging.getLogger("vision_tasks")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _pop_option(argv: list[str], name: str) -> str | None:
@@ -120,6 +135,7 @@ def _new_version(task: str) -> str:
 def train_main(argv: list[str] | None = None) -> VisionCLI | None:
     """``tools/train.py --task NAME [fit|validate|test|predict] [LightningCLI options]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    log_to_console()
     task = _pop_option(argv, "--task")
     if task not in TASKS:
         raise SystemExit(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
@@ -146,7 +162,7 @@ def train_main(argv: list[str] | None = None) -> VisionCLI | None:
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
         )
-    except (CocoDataError, FloatingPointError) as error:
+    except (CocoDataError, BackboneWeightsError, FloatingPointError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

@@ -64,6 +64,13 @@ class BaseTask(L.LightningModule):
         self.report_dir: str | None = None
         self._report_samples: list[tuple[Any, str, bool | None]] = []
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> BaseTask:
+        """Rebuild from a checkpoint alone: its weights replace the backbone's initial ones, so
+        the file or ImageNet weights it was started from are not read (nor needed) again."""
+        kwargs.setdefault("backbone_weights", "none")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     # ---- hooks a task implements -------------------------------------------------------
     def compute_loss(self, outputs: Any, batch: Batch) -> dict[str, Tensor]:
         """Losses for one batch; ``"loss"`` is the total that is optimised."""
