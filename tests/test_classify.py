@@ -27,6 +27,23 @@ def test_image_mode_refuses_images_with_several_annotations(tiny_coco) -> None:
         ClassifyDataset(index, image_size=48, train=False, mode="image")
 
 
+@pytest.mark.parametrize("num_classes", [3, 5, 8])
+def test_top5_is_computed_on_its_own_after_a_perfect_first_batch(num_classes: int) -> None:
+    # A perfect first batch once let MetricCollection's compute groups merge top-5 into top-1.
+    categories = [{"id": i + 1, "name": f"c{i}"} for i in range(num_classes)]
+    model = ClassifyTask(categories=categories, image_size=32)
+    ranked = torch.arange(num_classes, 0, -1, dtype=torch.float32)  # class 0 first, 1 next, ...
+    model.update_metric(model.test_metric, ranked.repeat(2, 1), {"label": torch.tensor([0, 0])})
+    # Second batch: truths ranked 2nd, 5th and 6th (the last only exists with > 5 classes).
+    truths = [1, min(4, num_classes - 1), min(5, num_classes - 1)]
+    model.update_metric(model.test_metric, ranked.repeat(3, 1), {"label": torch.tensor(truths)})
+    report = model.build_report(model.test_metric.compute(), samples=[])
+    in_top5 = 2 + sum(t < 5 for t in truths)  # hand count: ranks 1..5 are classes 0..4
+    assert report.headline["top1"] == pytest.approx(2 / 5)
+    assert report.headline["top5"] == pytest.approx(in_top5 / 5)
+    assert report.headline["top5"] == (1.0 if num_classes <= 5 else pytest.approx(4 / 5))
+
+
 def test_metrics_and_report_on_hand_made_case() -> None:
     model = ClassifyTask(categories=CATEGORIES, image_size=32)
     # Truth 0,0,1,2; predicted 0,1,1,1 -> top-1 = 2/4; class a: 1/2, b: 1/1, c: 0/1.
