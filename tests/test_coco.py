@@ -563,3 +563,56 @@ def test_results_round_trip(root: Path, tmp_path: Path) -> None:
     assert load_results(index, []).getCatIds() == [1, 3, 7]
     with pytest.raises(CocoDataError, match=r"result #0: field 'image_id': image id 99"):
         load_results(index, [{"image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1]}])
+
+
+# --- the clip policy ---------------------------------------------------------------------------
+
+
+def _edge_cases() -> dict:
+    """_base() plus: a box over the left edge (MOT style), one wholly outside, one over the edge
+    with an unknown category, and a person whose second keypoint lies below the image."""
+    data = _base()
+    data["annotations"] += [
+        {"id": 4, "image_id": 1, "category_id": 7, "bbox": [-4, 10, 14, 30], "area": 420.0},
+        {"id": 5, "image_id": 1, "category_id": 7, "bbox": [50, 5, 5, 5]},
+        {"id": 6, "image_id": 2, "category_id": 99, "bbox": [15, 2, 10, 5]},
+        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8],
+         "keypoints": [3, 3, 2, 5, 36.5, 1], "num_keypoints": 2},
+    ]  # fmt: skip
+    return data
+
+
+def test_strict_refuses_edge_boxes_and_outside_keypoints_and_names_the_clip_policy(root) -> None:
+    with pytest.raises(CocoDataError) as error:
+        CocoIndex(_write(root, _edge_cases()), root)
+    message = str(error.value)
+    assert "annotation id=4: field 'bbox': box [-4, 10, 14, 30] extends outside the 40x30" in (
+        message
+    )
+    assert ("annotation id=7: field 'keypoints': 1 labelled keypoint(s) outside the 40x30 image "
+            "(first: keypoint 1 at (5, 36.5))") in message  # fmt: skip
+    assert "--data.policy clip" in message
+
+
+def test_clip_policy_clips_boxes_unlabels_outside_keypoints_and_counts_both(root, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        index = CocoIndex(_write(root, _edge_cases()), root, policy="clip")
+    anns = {a["id"]: a for i in index.image_ids for a in index.annotations(i)}
+    # Hand-clipped: x from -4 to 0, the right edge x + w = 10 and the height unchanged.
+    assert anns[4]["bbox"] == [0, 10, 10, 20] and anns[4]["area"] == 200.0
+    assert anns[7]["keypoints"] == [3, 3, 2, 0, 0, 0] and anns[7]["num_keypoints"] == 1
+    assert 5 not in anns and 6 not in anns  # nothing left to clip; unknown category
+    assert index.clipped == {"box crossing the image edge": 1, "keypoints outside the image": 1}
+    assert index.skipped == {"bbox outside image": 1, "unknown category_id": 1}
+    assert "policy='clip' clipped to the image: box crossing the image edge=1" in caplog.text
+    assert "policy='clip' dropped 2 record(s)" in caplog.text
+    # COCOeval reads the clipped records: the index's COCO object holds the same boxes.
+    assert index.coco.anns[4]["bbox"] == [0, 10, 10, 20]
+
+
+def test_skip_policy_drops_what_clip_would_repair(root) -> None:
+    index = CocoIndex(_write(root, _edge_cases()), root, policy="skip")
+    kept = {a["id"] for i in index.image_ids for a in index.annotations(i)}
+    assert kept == {1, 2, 3} and index.clipped == {}
+    assert index.skipped["bbox outside image"] == 2
+    assert index.skipped["keypoints outside image"] == 1

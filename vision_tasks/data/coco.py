@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 BOX_TOLERANCE = 1.0
 MAX_LISTED_PROBLEMS = 20
 _REQUIRED = ("id", "image_id", "category_id", "bbox")
+# strict: any bad record stops the run; skip: bad records are dropped and counted; clip: as
+# skip, but boxes crossing the image edge are clipped to it and keypoints outside it unlabelled.
+Policy = Literal["strict", "skip", "clip"]
+POLICIES = ("strict", "skip", "clip")
+_OUTSIDE_BOX, _OUTSIDE_KEYPOINTS = "bbox outside image", "keypoints outside image"
 
 
 class CocoDataError(ValueError):
@@ -141,6 +146,11 @@ def _error(source: Path, problems: list[_Problem], hint: bool = False) -> CocoDa
         lines.append(
             "(fix the file, or pass --data.policy skip to drop the bad records and count them)"
         )
+        if any(p.reason in (_OUTSIDE_BOX, _OUTSIDE_KEYPOINTS) for p in problems):
+            lines.append(
+                "(--data.policy clip keeps boxes that cross the image edge, clipped to "
+                "it, and unlabels keypoints outside it)"
+            )
     header = f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {source}:"
     return CocoDataError("\n".join([header, *lines]))
 
@@ -235,8 +245,19 @@ def _annotation_issues(ann: dict, img: dict, cat: dict | None, kps: bool) -> Ite
         for msg in _segmentation_issues(ann["segmentation"], img["height"], img["width"]):
             yield "segmentation", msg, "invalid segmentation"
     if kps and cat is not None and cat.get("keypoints"):
-        for key, msg in _keypoint_issues(ann, cat):
+        issues = list(_keypoint_issues(ann, cat))
+        for key, msg in issues:
             yield key, msg, "invalid keypoints"
+        outside = (
+            [] if issues or "keypoints" not in ann else _keypoints_outside(ann["keypoints"], img)
+        )
+        if outside:
+            i, x, y = outside[0]
+            msg = (
+                f"{len(outside)} labelled keypoint(s) outside the {img['width']}x{img['height']} "
+                f"image (first: keypoint {i} at ({x:g}, {y:g}))"
+            )
+            yield "keypoints", msg, _OUTSIDE_KEYPOINTS
 
 
 def _bbox_issues(bbox: Any, width: int, height: int) -> Iterator[tuple[str, str, str]]:
@@ -254,7 +275,7 @@ def _bbox_issues(bbox: Any, width: int, height: int) -> Iterator[tuple[str, str,
         yield "bbox", f"{name} {value:g} is not positive", "invalid bbox"
     elif min(x, y) < -BOX_TOLERANCE or max(x + w - width, y + h - height) > BOX_TOLERANCE:
         msg = f"box [{x:g}, {y:g}, {w:g}, {h:g}] extends outside the {width}x{height} image"
-        yield "bbox", msg, "bbox outside image"
+        yield "bbox", msg, _OUTSIDE_BOX
 
 
 def _segmentation_issues(seg: Any, height: int, width: int) -> Iterator[str]:
@@ -300,6 +321,40 @@ def _keypoint_issues(ann: dict, cat: dict) -> Iterator[tuple[str, str]]:
         yield "keypoints", f"visibility flag {_show(flag)} is not 0, 1 or 2"
 
 
+def _keypoints_outside(values: list, img: dict) -> list[tuple[int, float, float]]:
+    """(index, x, y) of each labelled keypoint beyond the image (+- ``BOX_TOLERANCE``)."""
+    width, height, tol = img["width"], img["height"], BOX_TOLERANCE
+    return [
+        (i, x, y)
+        for i, (x, y, v) in enumerate(zip(values[0::3], values[1::3], values[2::3]))
+        if v > 0 and not (-tol <= x <= width + tol and -tol <= y <= height + tol)
+    ]
+
+
+def _clipped(ann: dict, img: dict, reasons: set[str]) -> dict | None:
+    """A copy of ``ann`` with its box clipped to the image and its outside keypoints unlabelled
+    (x = y = v = 0: COCOeval counts v = 1 in OKS, and no prediction can reach them); ``None``
+    where no part of the box lies in the image."""
+    ann = dict(ann)
+    if _OUTSIDE_BOX in reasons:
+        x, y, w, h = ann["bbox"]
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, img["width"]), min(y + h, img["height"])
+        if x1 <= x0 or y1 <= y0:
+            return None
+        ann["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+        if "area" in ann and not ann.get("segmentation"):
+            ann["area"] = float((x1 - x0) * (y1 - y0))
+    if _OUTSIDE_KEYPOINTS in reasons:
+        values = list(ann["keypoints"])
+        for i, _, _ in _keypoints_outside(values, img):
+            values[3 * i : 3 * i + 3] = [0, 0, 0]
+        ann["keypoints"] = values
+        if "num_keypoints" in ann:
+            ann["num_keypoints"] = sum(1 for v in values[2::3] if v > 0)
+    return ann
+
+
 def _image_file_issue(img: dict, root: Path) -> tuple[str, str, str] | None:
     """The image file exists, is non-empty, and its header size matches the record."""
     path = root / img["file_name"]
@@ -332,6 +387,7 @@ class _Report:
     images: dict[int, dict] = field(default_factory=dict)
     broken_image_ids: set[int] = field(default_factory=set)  # already fatal problems
     bad_annotations: dict[int, str] = field(default_factory=dict)  # list position -> reason
+    annotation_problems: dict[int, list[_Problem]] = field(default_factory=dict)  # position ->
     bad_images: dict[int, str] = field(default_factory=dict)  # image id -> reason
 
 
@@ -396,6 +452,7 @@ def _validate(data: dict, root: Path, check_images: bool, keypoint_fields: bool)
             seen.add(ann_id)
         if problems:
             report.bad_annotations[pos] = problems[0].reason
+            report.annotation_problems[pos] = problems
             report.problems += problems
     if check_images and not root.is_dir():
         report.problems.append(_fatal(f"image root {root} is not a directory"))
@@ -422,6 +479,27 @@ def _load_json(path: Path) -> Any:
     except OSError as exc:
         msg = f"cannot read file ({exc.strerror})"
     raise _error(path, [_fatal(msg)])
+
+
+def _clip_annotations(data: dict, report: _Report) -> tuple[dict, dict[str, int]]:
+    """Repair the annotations whose only problems are a box or keypoints beyond the image edge
+    (the ``clip`` policy); return the data with the repaired copies and what was clipped."""
+    clippable, clipped = {_OUTSIDE_BOX, _OUTSIDE_KEYPOINTS}, Counter()
+    annotations = list(data["annotations"])
+    for pos, problems in report.annotation_problems.items():
+        reasons = {p.reason for p in problems}
+        if not reasons <= clippable:
+            continue
+        repaired = _clipped(annotations[pos], report.images[annotations[pos]["image_id"]], reasons)
+        if repaired is None:
+            continue  # nothing of the box is in the image: skipped and counted as such
+        annotations[pos] = repaired
+        del report.bad_annotations[pos]
+        report.problems = [p for p in report.problems if p not in problems]
+        names = {_OUTSIDE_BOX: "box crossing the image edge",
+                 _OUTSIDE_KEYPOINTS: "keypoints outside the image"}  # fmt: skip
+        clipped.update(names[r] for r in reasons)
+    return {**data, "annotations": annotations}, dict(clipped)
 
 
 def _apply_policy(data: dict, report: _Report) -> tuple[dict, dict[str, int]]:
@@ -482,7 +560,9 @@ class CocoIndex:
         json_path: COCO annotation JSON.
         image_root: folder that the images' ``file_name`` entries are relative to.
         policy: ``"strict"`` raises on any bad record; ``"skip"`` drops bad annotations and
-            images (counted in ``skipped``, logged). Structural problems are always fatal.
+            images (counted in ``skipped``, logged); ``"clip"`` clips boxes that cross the image
+            edge to it and unlabels keypoints outside it (counted in ``clipped``, logged), and
+            drops the rest as ``skip`` does. Structural problems are always fatal.
         check_images: check each image file exists and its header matches width/height.
         keypoint_fields: check (and complete) keypoints of categories that define
             ``keypoints``; False ignores keypoint fields (e.g. boxes from a keypoint file).
@@ -495,20 +575,23 @@ class CocoIndex:
         self,
         json_path: str | Path,
         image_root: str | Path,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         check_images: bool = True,
         keypoint_fields: bool = True,
     ) -> None:
-        if policy not in ("strict", "skip"):
-            raise ValueError(f"policy must be 'strict' or 'skip', got {policy!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.json_path, self.image_root, self.policy = Path(json_path), Path(image_root), policy
         data = _load_json(self.json_path)
         problems = [_fatal(msg) for msg in _top_level_issues(data)]
         if problems:
             raise _error(self.json_path, problems)
         report = _validate(data, self.image_root, check_images, keypoint_fields)
+        self.clipped: dict[str, int] = {}
+        if policy == "clip":
+            data, self.clipped = _clip_annotations(data, report)
         fatal = [p for p in report.problems if p.fatal]
-        if fatal and policy == "skip":
+        if fatal and policy != "strict":
             raise _error(self.json_path, fatal)
         if report.problems and policy == "strict":
             raise _error(self.json_path, report.problems, hint=not fatal)
@@ -540,10 +623,14 @@ class CocoIndex:
 
     def _log_summary(self) -> None:
         name = self.json_path.name
+        if self.clipped:
+            counts = ", ".join(f"{k}={v}" for k, v in sorted(self.clipped.items()))
+            logger.warning("%s: policy='clip' clipped to the image: %s", name, counts)
         if self.skipped:
             counts = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
             total = sum(self.skipped.values())
-            logger.warning("%s: policy='skip' dropped %d record(s): %s", name, total, counts)
+            logger.warning("%s: policy=%r dropped %d record(s): %s", name, self.policy, total,
+                           counts)  # fmt: skip
         used = {a["category_id"] for anns in self._anns.values() for a in anns}
         empty = [f"{c['name']!r} (id={c['id']})" for c in self.categories if c["id"] not in used]
         if empty:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-from vision_tasks.data.coco import CocoDataError, CocoIndex
+from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy
 from vision_tasks.data.synthetic import synthetic_dataset
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ class VisionDataModule(L.LightningDataModule):
         image_size: network input size (square side, pixels).
         batch_size: samples per batch (per process under DDP).
         num_workers: loader processes; ``None`` picks :func:`default_num_workers`.
-        policy: ``strict`` stops on any bad record; ``skip`` drops bad records and counts them.
+        policy: ``strict`` stops on any bad record; ``skip`` drops bad records and counts them;
+            ``clip`` clips boxes that cross the image edge (MOT ground truth) and skips the rest.
         synthetic_seed: seed of the synthetic default dataset.
         synthetic_train: training images in the synthetic default dataset.
         synthetic_val: validation images in the synthetic default dataset.
@@ -140,7 +141,7 @@ class VisionDataModule(L.LightningDataModule):
         image_size: int = 224,
         batch_size: int = 16,
         num_workers: int | None = None,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,

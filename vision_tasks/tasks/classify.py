@@ -21,7 +21,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoDataError, CocoIndex
+from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import classify_transforms
 from vision_tasks.evaluation.report import Figure, Report
@@ -104,7 +104,7 @@ class ClassifyData(VisionDataModule):
         image_size: int = 64,
         batch_size: int = 64,
         num_workers: int | None = None,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torchvision.ops import batched_nms, box_iou, complete_box_iou_loss
 from torchvision.utils import draw_bounding_boxes
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoIndex
+from vision_tasks.data.coco import CocoIndex, Policy
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import detect_transforms
 from vision_tasks.evaluation.coco_eval import CocoBoxMetric, results_from_predictions
@@ -117,7 +117,7 @@ class DetectData(VisionDataModule):
         image_size: int = 256,
         batch_size: int = 16,
         num_workers: int | None = None,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from torchvision.utils import draw_keypoints
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoDataError, CocoIndex, _load_json
+from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy, _load_json
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import keypoint_transforms
 from vision_tasks.evaluation.coco_eval import COCO_PERSON_SIGMAS, KEYPOINT_STATS
@@ -360,7 +360,7 @@ class KeypointData(VisionDataModule):
         image_size: int = 128,
         batch_size: int = 32,
         num_workers: int | None = None,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoDataError, CocoIndex
+from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import segment_transforms
 from vision_tasks.evaluation.metrics import SegmentationMetric
@@ -214,7 +214,7 @@ class SegmentData(VisionDataModule):
         image_size: int = 320,
         batch_size: int = 8,
         num_workers: int | None = None,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoIndex
+from vision_tasks.data.coco import CocoIndex, Policy
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import homography_photometric, homography_transforms
 
@@ -155,7 +155,7 @@ class HomographyData(VisionDataModule):
         image_size: int = 128,
         batch_size: int = 32,
         num_workers: int | None = None,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,

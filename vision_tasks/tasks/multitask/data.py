@@ -20,7 +20,7 @@ Losses are then taken over the labelled samples / instances only (``tasks/multit
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoDataError, CocoIndex
+from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import colour_shifted, multitask_transforms
 from vision_tasks.tasks.keypoints import flip_pairs_from_names, flip_permutation
@@ -256,7 +256,7 @@ class MultiTaskData(VisionDataModule):
         image_size: int = 256,
         batch_size: int = 8,
         num_workers: int | None = None,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,

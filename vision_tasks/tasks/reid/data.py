@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoDataError, CocoIndex
+from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import reid_transforms
 
@@ -237,7 +237,7 @@ class ReidData(VisionDataModule):
         image_size: int = 128,
         batch_size: int = 64,
         num_workers: int | None = None,
-        policy: Literal["strict", "skip"] = "strict",
+        policy: Policy = "strict",
         synthetic_seed: int = 0,
         synthetic_train: int = 600,
         synthetic_val: int = 120,
