@@ -101,3 +101,34 @@ def test_fit_starts_from_the_backbone_of_another_tasks_checkpoint(trained_runs, 
     start = detector["backbone.stem.0.weight"]
     moved = (cli.model.backbone.stem[0].weight.detach() - start).abs().max()
     assert moved < 0.05 * start.abs().max()
+
+
+def test_evaluate_names_its_split_and_reads_only_that_file(trained_runs, tiny_coco, tmp_path,
+                                                           capsys) -> None:
+    best = sorted((trained_runs["detect"] / "checkpoints").glob("best-*.ckpt"))[-1]
+    missing = tmp_path / "moved_away.json"  # the training file is not needed to evaluate
+    evaluate_main(["--task", "detect", "--ckpt", str(best), "--output", str(tmp_path / "a"),
+                   "--data.train_json", str(missing), "--data.test_json", str(tiny_coco.val_json),
+                   "--data.test_images", str(tiny_coco.val_images), "--split", "held-out"])
+    name = tiny_coco.val_json.name
+    assert f"== detect: evaluation on held-out ({name}) ==" in capsys.readouterr().out
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["meta"]["split"] == f"held-out ({name})"
+    assert f"- **split**: held-out ({name})" in (tmp_path / "a" / "report.md").read_text()
+
+
+def test_evaluate_refuses_a_test_split_with_other_categories(trained_runs, tiny_coco,
+                                                            tmp_path) -> None:
+    best = sorted((trained_runs["detect"] / "checkpoints").glob("best-*.ckpt"))[-1]
+    data = json.loads(tiny_coco.val_json.read_text())
+    data["categories"] = data["categories"][:-1]
+    dropped = {c["id"] for c in json.loads(tiny_coco.val_json.read_text())["categories"]} - {
+        c["id"] for c in data["categories"]}
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] not in dropped]
+    other = tmp_path / "fewer_classes.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=r"fewer_classes.json: category ids .* differ from the "
+                                         r"checkpoint's"):
+        evaluate_main(["--task", "detect", "--ckpt", str(best), "--output", str(tmp_path / "b"),
+                       "--data.test_json", str(other),
+                       "--data.test_images", str(tiny_coco.val_images)])

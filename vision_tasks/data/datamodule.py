@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,7 @@ class VisionDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.policy = policy
         self.datasets: dict[str, Dataset] = {}
+        self.split_labels: dict[str, str] = {}  # e.g. tools/evaluate.py --split NAME
 
     # ---- hooks a task implements -------------------------------------------------------
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
@@ -184,16 +185,17 @@ class VisionDataModule(L.LightningDataModule):
         """The validated COCO index of ``split`` (loaded once)."""
         return self._indexes[split]
 
+    def split_label(self, split: str) -> str:
+        """How reports name ``split``: its JSON file's name, after a ``split_labels`` entry."""
+        paths, label = self.splits.get(split), self.split_labels.get(split)
+        if paths is None:
+            return label or split
+        return f"{label} ({Path(paths[0]).name})" if label else Path(paths[0]).name
+
     @cached_property
-    def _indexes(self) -> dict[str, CocoIndex]:
-        indexes: dict[str, CocoIndex] = {}
-        for split, paths in self.splits.items():
-            if paths is None:
-                continue
-            json_path, images = paths
-            cached = next((i for i in indexes.values() if i.json_path == Path(json_path)), None)
-            indexes[split] = cached or CocoIndex(json_path, images, policy=self.policy)
-        return indexes
+    def _indexes(self) -> _LazyIndexes:
+        # Loaded on first use: evaluating one split neither reads nor validates the others.
+        return _LazyIndexes(self.splits, self.policy)
 
     @cached_property
     def categories(self) -> list[dict[str, Any]]:
@@ -209,6 +211,14 @@ class VisionDataModule(L.LightningDataModule):
                     f"category ids"
                 )
         return [dict(c) for c in reference.categories]
+
+    def adopt_categories(self, categories: list[dict[str, Any]]) -> None:
+        """Evaluate with a trained model's categories; the test split must carry the same ids."""
+        index, ids = self.index("test"), [c["id"] for c in categories]
+        if index.category_ids != ids:
+            raise CocoDataError(f"{index.json_path}: category ids {index.category_ids} differ "
+                                f"from the checkpoint's {ids}")  # fmt: skip
+        self.categories = [dict(c) for c in categories]
 
     # ---- Lightning hooks -----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -278,6 +288,33 @@ class VisionDataModule(L.LightningDataModule):
     def _epoch_and_rank(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.current_epoch, trainer.global_rank) if trainer is not None else (0, 0)
+
+
+class _LazyIndexes(Mapping):
+    """``{split: CocoIndex}`` of the given splits, each validated when first asked for (one
+    index per file: a test split that is the validation file shares its index)."""
+
+    def __init__(self, splits: dict[str, tuple[str, str] | None], policy: Policy) -> None:
+        self.paths = {split: paths for split, paths in splits.items() if paths is not None}
+        self.policy = policy
+        self.loaded: dict[str, CocoIndex] = {}
+
+    def __getitem__(self, split: str) -> CocoIndex:
+        if split not in self.loaded:
+            json_path, images = self.paths[split]
+            same_file = (i for i in self.loaded.values() if i.json_path == Path(json_path))
+            index = next(same_file, None) or CocoIndex(json_path, images, policy=self.policy)
+            self.loaded[split] = index
+        return self.loaded[split]
+
+    def __contains__(self, split: object) -> bool:
+        return split in self.paths
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 def _split(json_path: str | None, images: str | None, name: str) -> tuple[str, str] | None:

@@ -356,6 +356,8 @@ class ReportWriter(Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: BaseTask) -> None:
         """Write the report on rank zero, into ``pl_module.report_dir`` or the run folder."""
         report = getattr(pl_module, "test_report", None)
+        if report is not None and hasattr(trainer.datamodule, "split_label"):
+            report.meta.setdefault("split", trainer.datamodule.split_label("test"))
         # trainer.log_dir is a collective under DDP: every rank asks, only rank zero writes.
         out_dir = pl_module.report_dir or _default_report_dir(trainer)
         if report is None or not trainer.is_global_zero:

@@ -405,6 +405,17 @@ class KeypointData(VisionDataModule):
             raise CocoDataError(f"--data.flip_pairs for {category['name']!r}: {error}") from None
         return [{**category, "flip_pairs": [list(p) for p in pairs]}]
 
+    def adopt_categories(self, categories: list[dict[str, Any]]) -> None:
+        """Evaluate the checkpoint's keypoint category: the test split must define it alike."""
+        index, category = self.index("test"), categories[0]
+        theirs = next((c for c in index.categories if c["id"] == category["id"]), {})
+        if [theirs.get(k) for k in ("name", "keypoints")] != [category["name"],
+                                                              category["keypoints"]]:
+            raise CocoDataError(f"{index.json_path}: no category id={category['id']} named "
+                                f"{category['name']!r} with the checkpoint's "
+                                f"{len(category['keypoints'])} keypoints")  # fmt: skip
+        self.categories = [dict(category)]
+
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """Crops of annotated instances, or of detected boxes for evaluation with ``boxes_json``."""
         category = self.categories[0]

@@ -326,6 +326,17 @@ class MultiTaskData(VisionDataModule):
             named[0]["flip_pairs"] = [list(p) for p in pairs]
         return categories
 
+    def adopt_categories(self, categories: list[dict[str, Any]]) -> None:
+        """Evaluate with the joint model's categories (the union over its training files): the
+        test split's must be among them, under the same names."""
+        index, names = self.index("test"), {c["id"]: c["name"] for c in categories}
+        foreign = [c for c in index.categories if names.get(c["id"]) != c["name"]]
+        if foreign:
+            raise CocoDataError(f"{index.json_path}: category id={foreign[0]['id']} "
+                                f"({foreign[0]['name']!r}) is not among the checkpoint's "
+                                f"{sorted(names.items())}")  # fmt: skip
+        self.categories = [dict(c) for c in categories]
+
     @cached_property
     def identity_labels(self) -> dict[int, int]:
         """Training identity -> contiguous label (the identity classifier's classes)."""
