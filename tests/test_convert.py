@@ -100,7 +100,7 @@ def test_voc_boxes_follow_detectron2_and_count_what_is_dropped(voc_root: Path) -
     assert [a["difficult"] for a in dataset["annotations"]] == [0, 1, 0]
     assert dataset["annotations"][1]["area"] == 16 * 11
     assert str(summarise("voc", dataset)) == (
-        "voc: 3 images, 3 boxes, 2 classes; 1 difficult kept; dropped: 1 degenerate boxes")
+        "voc: 3 images, 3 boxes, 2 classes; difficult kept=1; dropped: degenerate boxes=1")
 
 
 def test_voc_difficult_ignore_drop_classes_and_split(voc_root: Path, tmp_path: Path) -> None:
@@ -118,6 +118,18 @@ def test_voc_difficult_ignore_drop_classes_and_split(voc_root: Path, tmp_path: P
     assert [i["file_name"] for i in train["images"]] == ["JPEGImages/a.jpg", "JPEGImages/c.jpg"]
     index = CocoIndex(out, voc_root)  # strict: no box of a or c crosses the edge
     assert index.category_names == ["cat", "dog"] and len(index) == 2
+
+
+def test_voc_splits_of_one_root_share_category_ids(voc_root: Path) -> None:
+    # A bird only in d.xml, outside the train split: train must still number cat 2, dog 3.
+    (voc_root / "Annotations" / "d.xml").write_text(
+        _voc_xml("d.jpg", (40, 30), [("bird", 1, 1, 9, 9, 0)]))
+    _image(voc_root / "JPEGImages" / "d.jpg", 40, 30)
+    (voc_root / "ImageSets" / "Main" / "birds.txt").write_text("d\n")
+    train, birds = voc_to_coco(voc_root, split="train"), voc_to_coco(voc_root, split="birds")
+    assert train["categories"] == birds["categories"]
+    assert [c["name"] for c in train["categories"]] == ["bird", "cat", "dog"]
+    assert [a["category_id"] for a in train["annotations"]] == [3, 2]
 
 
 @pytest.mark.parametrize(
@@ -155,8 +167,8 @@ def test_voc_tool_prints_one_summary_line_and_one_error_line(voc_root, tmp_path,
     out = tool.main(["voc", str(voc_root), "--difficult", "drop", "--output",
                      str(tmp_path / "v.json")])  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "voc: 3 images, 2 boxes, 2 classes; dropped: 1 degenerate boxes, " \
-                       "1 difficult objects"  # fmt: skip
+    assert lines[0] == "voc: 3 images, 2 boxes, 2 classes; dropped: degenerate boxes=1, " \
+                       "difficult objects=1"  # fmt: skip
     assert lines[1] == f"wrote {out}; pass --data.*_images {voc_root}"
     (voc_root / "Annotations" / "b.xml").write_text(_voc_xml("b.jpg", None, []))
     with pytest.raises(SystemExit) as exit_info:
@@ -455,7 +467,7 @@ def coco_json(tmp_path: Path) -> Path:
 def test_coco_to_yolo_and_back_reproduces_the_boxes(coco_json: Path, tmp_path: Path) -> None:
     out = tmp_path / "yolo"
     summary = coco_to_yolo(coco_json, tmp_path / "coco", out)
-    assert str(summary) == "coco2yolo: 2 images, 3 boxes, 2 classes; dropped: 1 crowd annotations"
+    assert str(summary) == "coco2yolo: 2 images, 3 boxes, 2 classes; dropped: crowd annotations=1"
     assert yaml.safe_load((out / "data.yaml").read_text())["names"] == ["car", "kite"]  # id order
     assert (out / "images/sub/b.png").is_symlink()
     assert (out / "labels/sub/b.txt").read_text().split()[0] == "1"  # kite: class index 1

@@ -56,13 +56,14 @@ class Summary:
     dropped: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        """One line: ``voc: 364 images, 4886 boxes, 3 classes; dropped: 2 degenerate boxes``."""
+        """One line: ``voc: 364 images, 4886 boxes, 3 classes; dropped: degenerate boxes=2``."""
         crowd = f" ({self.crowd} iscrowd)" if self.crowd else ""
         counts = [_plural(self.images, "image"), _plural(self.boxes, "box") + crowd,
                   _plural(self.classes, "class")]  # fmt: skip
         parts = [f"{self.layout}: {', '.join(counts)}"]
-        parts += [f"{n} {what}" for what, n in self.marked.items()]
-        dropped = ", ".join(f"{n} {what}" for what, n in self.dropped.items()) or "nothing"
+        # what=count, as CocoIndex logs its counts: labels stay fixed whatever the count
+        parts += [f"{what}={n}" for what, n in self.marked.items()]
+        dropped = ", ".join(f"{what}={n}" for what, n in self.dropped.items()) or "nothing"
         return "; ".join([*parts, f"dropped: {dropped}"])
 
 
@@ -205,7 +206,8 @@ def voc_to_coco(
     Args:
         root: the VOC folder; ``file_name`` is ``JPEGImages/<filename>`` relative to it.
         split: read the image ids of ``ImageSets/Main/<split>.txt``; None: every XML file.
-        classes: category names in id order 1..N; None: the sorted names found in the XMLs.
+        classes: category names in id order 1..N; None: the sorted names found in every XML
+            file of ``Annotations/`` (so every split of one root gets the same ids).
         difficult: ``keep``, ``ignore`` (iscrowd 1) or ``drop``, as above.
 
     Raises:
@@ -215,7 +217,8 @@ def voc_to_coco(
     root = Path(root)
     paths = _voc_xml_files(root, split)
     records = [(path, *_read_voc_xml(path)) for path in paths]
-    names = list(classes) if classes else sorted({o.name for *_, objs in records for o in objs})
+    # Names from every XML, not the split's alone: a split lacking a class keeps the same ids.
+    names = list(classes) if classes else _voc_class_names(root, records)
     category = {name: i for i, name in enumerate(names, 1)}
     images, annotations, marked, dropped = [], [], Counter(), Counter()
     for path, filename, width, height, objects in records:
@@ -242,6 +245,16 @@ def voc_to_coco(
                 marked["difficult as iscrowd" if crowd else "difficult kept"] += obj.difficult
     what = f"Pascal VOC {root.name}" + (f" {split} split" if split else "")
     return _coco(what, images, annotations, _categories(names), marked, dropped)
+
+
+def _voc_class_names(root: Path, records: list[tuple]) -> list[str]:
+    """The sorted object names of ``records`` and of every other XML file under ``root``."""
+    names = {o.name for *_, objects in records for o in objects}
+    read = {path for path, *_ in records}
+    for path in _voc_xml_files(root, None):
+        if path not in read:
+            names |= {o.name for o in _read_voc_xml(path)[3]}
+    return sorted(names)
 
 
 def _voc_xml_files(root: Path, split: str | None) -> list[Path]:
