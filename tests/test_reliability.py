@@ -73,28 +73,56 @@ def _command(data_args: list[str], *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _wait_for_last_checkpoint(run: subprocess.Popen, runs: Path, epoch: int, log: Path) -> int:
+    """Poll until the run's ``last.ckpt`` records ``epoch`` or later; return the epoch it records.
+
+    Waits on the event itself, with a deadline only against a hang: on a machine shared with
+    other heavy work, starting the run alone has taken minutes.
+    """
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        for path in runs.glob("*/checkpoints/last.ckpt"):
+            # Replaced by a rename, never rewritten in place: any version read is whole.
+            saved = torch.load(path, weights_only=True, mmap=True)["epoch"]
+            if saved >= epoch:
+                return saved
+        if run.poll() is not None:
+            pytest.fail(f"the run ended (exit {run.returncode}) before saving epoch {epoch}:\n"
+                        f"{log.read_text()[-3000:]}")  # fmt: skip
+        time.sleep(0.05)
+    run.kill()
+    pytest.fail(f"no last.ckpt of epoch {epoch} after 900 s:\n{log.read_text()[-3000:]}")
+
+
 def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(data_args, tmp_path):
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
     subprocess.run(_command(data_args), cwd=tmp_path / "whole", check=True, capture_output=True)
     [whole] = (tmp_path / "whole" / "runs" / "classify").iterdir()
 
-    run = subprocess.Popen(_command(data_args), cwd=tmp_path / "killed",
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    checkpoints = tmp_path / "killed" / "runs" / "classify"
-    deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the next epoch
-    run.send_signal(signal.SIGKILL)
-    assert run.wait() == -signal.SIGKILL
+    log = tmp_path / "killed.log"
+    with log.open("w") as output:
+        run = subprocess.Popen(_command(data_args), cwd=tmp_path / "killed", stdout=output,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+        checkpoints = tmp_path / "killed" / "runs" / "classify"
+        # Killed once epoch 1 is saved: epochs 2-5 are still to run, so the kill lands mid-run
+        # however slow the machine, and last.ckpt exists (it is only ever replaced by rename).
+        _wait_for_last_checkpoint(run, checkpoints, 1, log)
+        run.send_signal(signal.SIGKILL)
+        assert run.wait() == -signal.SIGKILL
     [killed] = checkpoints.iterdir()
     assert not (killed / "report").exists(), "the run ended before the kill: nothing was tested"
     interrupted_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
-    assert interrupted_at < 5
+    assert 1 <= interrupted_at < 5
+    # What a kill during a save leaves: the resumed run deletes it, and only it.
+    stale = killed / "checkpoints" / ".last.ckpt.k1ll3d_x.tmp"
+    stale.write_bytes(b"the first half of a checkpoint")
+    unrelated = killed / "checkpoints" / "notes.tmp"
+    unrelated.write_text("not written by vision_tasks")
 
     subprocess.run(_command(data_args, "--ckpt_path", "last"), cwd=tmp_path / "killed",
                    check=True, capture_output=True)  # fmt: skip
+    assert not stale.exists() and unrelated.exists()
     assert _headline(killed) == pytest.approx(_headline(whole), abs=1e-6)
     # The resumed run continued the interrupted run's metrics.csv: every epoch's validation
     # row is there once, equal to the uninterrupted run's.

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,16 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
+# atomic_write_bytes' temporaries: ".<name>.<8 characters of mkstemp>.tmp" beside <name>.
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so a crash never leaves a half-written file behind."""
+    """Write ``data`` to ``path`` so a crash never leaves a half-written file behind.
+
+    A process killed mid-write (SIGKILL runs no cleanup) leaves its temporary beside ``path``:
+    :func:`remove_stale_temporaries` deletes those.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -44,6 +52,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | Path, suffix: str = "") -> list[Path]:
+    """Delete the temporaries :func:`atomic_write_bytes` left in ``folder`` for files named
+    ``*suffix`` (a killed checkpoint save leaves one as large as the checkpoint); return them.
+
+    Call it only where no other process is writing into ``folder`` (a run's own folder, as the
+    run starts): a temporary being written looks the same as an abandoned one.
+    """
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and match["name"].endswith(suffix) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

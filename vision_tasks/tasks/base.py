@@ -14,6 +14,7 @@ for the first epochs and the evaluation report. A task implements:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +28,15 @@ from torch import Tensor, nn
 
 from vision_tasks.backbone import Backbone
 from vision_tasks.evaluation.report import Report, write_report
-from vision_tasks.utils import capture_rng_state, restore_rng_state, time_budget_spent
+from vision_tasks.utils import (
+    capture_rng_state,
+    remove_stale_temporaries,
+    restore_rng_state,
+    time_budget_spent,
+)
 
 Batch = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 class BaseTask(L.LightningModule):
@@ -330,7 +337,19 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     Lightning (>= 2.5) rewrites ``last.ckpt`` only on epochs that also saved a best checkpoint,
     so a run whose metric stalls would resume from its last improvement, not its last epoch.
+    A run starting or resuming in its folder first deletes the temporaries of saves that a kill
+    interrupted (``AtomicCheckpointIO``): nothing else would, and each is a checkpoint's size.
     """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Resolve the folder (Lightning), then clear stale temporary checkpoints from it."""
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit" or not trainer.is_global_zero or self.dirpath is None:
+            return
+        removed = remove_stale_temporaries(self.dirpath, suffix=self.FILE_EXTENSION)
+        if removed:
+            log.info("%s: removed %d temporary file(s) of interrupted checkpoint saves: %s",
+                     self.dirpath, len(removed), ", ".join(p.name for p in removed))  # fmt: skip
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save best (if improved), then last, where Lightning saves at validation end."""
