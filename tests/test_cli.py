@@ -38,7 +38,7 @@ def test_checkpoint_of_another_task_is_refused(trained_runs) -> None:
     if other is None:
         pytest.skip("only one task registered")
     ckpt = trained_runs[other] / "checkpoints" / "last.ckpt"
-    with pytest.raises(SystemExit, match=f"trained for task '{other}', not '{task}'"):
+    with pytest.raises(SystemExit, match=f"this is a {other} checkpoint; use --task {other}"):
         load_task_checkpoint(ckpt, task)
 
 

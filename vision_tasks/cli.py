@@ -10,10 +10,13 @@ further ``--config``. A fit ends with a test on the test split (the validation s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import pickle
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,22 @@ from vision_tasks.tasks.base import BaseTask
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
+# Errors in what the user gave (data, weights, a diverging run): one line, no traceback.
+USER_ERRORS = (CocoDataError, BackboneWeightsError, FloatingPointError)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn :data:`USER_ERRORS` raised inside into ``SystemExit("error: <message>")``.
+
+    A ``CocoDataError`` raised in a DataLoader worker arrives with its own message only (see
+    :class:`CocoDataError`), so it too reads as one message.
+    """
+    try:
+        yield
+    except USER_ERRORS as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 class VisionCLI(LightningCLI):
@@ -105,9 +124,12 @@ def _resolve_resume(task: str, argv: list[str]) -> tuple[str, int] | None:
                 if not candidates:
                     raise SystemExit(f"--ckpt_path last: no runs/{task}/*/checkpoints/last.ckpt")
                 value = argv[i + 1] = str(candidates[-1])
+            if value in LIGHTNING_CKPT_NAMES or value.startswith("registry:"):
+                return None  # Lightning resolves these itself
             path = Path(value)
-            if path.parent.name == "checkpoints" and path.is_file():
-                saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            saved = read_checkpoint(path, mmap=True)
+            _check_task(path, saved, task)
+            if path.parent.name == "checkpoints":
                 # keep logging into the interrupted run's folder
                 return path.parent.parent.name, int(saved.get("epoch", -1))
     return None
@@ -151,7 +173,7 @@ def train_main(argv: list[str] | None = None) -> VisionCLI | None:
          "init_args": {**where, "resume_epoch": resume_epoch}},
     ]  # fmt: skip
     spec = TASKS[task]
-    try:
+    with user_errors():
         return VisionCLI(
             spec.model,
             spec.data,
@@ -164,21 +186,52 @@ def train_main(argv: list[str] | None = None) -> VisionCLI | None:
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
         )
-    except (CocoDataError, BackboneWeightsError, FloatingPointError) as error:
-        raise SystemExit(f"error: {error}") from None
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a vision_tasks checkpoint (weights only), each way it can fail said in one line.
+
+    Raises:
+        SystemExit: missing, empty, truncated, not a checkpoint of this package, or holding
+            Python objects that a weights-only load refuses (a pickle can run code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"checkpoint not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise SystemExit(f"{path}: empty file (0 bytes), not a checkpoint")
+    zipped = head == b"PK\x03\x04"  # torch.save writes a zip archive
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+    except pickle.UnpicklingError:
+        detail = ("it holds Python objects other than tensors and plain values, which are not "
+                  "loaded for safety" if zipped else "not a PyTorch file")  # fmt: skip
+        raise SystemExit(f"{path}: not a vision_tasks checkpoint ({detail})") from None
+    except Exception:  # torch.load raises RuntimeError, EOFError, ... on damaged input
+        if zipped:
+            raise SystemExit(f"{path}: checkpoint is truncated or damaged (an incomplete zip "
+                             f"archive); was its copy or save interrupted?") from None  # fmt: skip
+        raise SystemExit(f"{path}: not a vision_tasks checkpoint (not a PyTorch file)") from None
+    saved = checkpoint.get("vision_tasks") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict) or saved.get("task") not in TASKS:
+        raise SystemExit(f"{path}: not a vision_tasks checkpoint (no task recorded in it)")
+    return checkpoint
+
+
+def _check_task(path: Path, checkpoint: dict[str, Any], task: str | None) -> None:
+    saved_task = checkpoint["vision_tasks"]["task"]
+    if task is not None and saved_task != task:
+        raise SystemExit(f"{path}: this is a {saved_task} checkpoint; use --task {saved_task}")
 
 
 def load_task_checkpoint(path: str | Path, task: str | None = None) -> BaseTask:
     """Rebuild a task model from a checkpoint alone (``task`` checks it is the expected one)."""
     path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    saved_task = checkpoint.get("vision_tasks", {}).get("task")
-    if saved_task not in TASKS:
-        raise SystemExit(f"{path} is not a vision_tasks checkpoint (no task recorded in it)")
-    if task is not None and saved_task != task:
-        raise SystemExit(f"{path} was trained for task '{saved_task}', not '{task}'")
+    checkpoint = read_checkpoint(path, mmap=True)
+    _check_task(path, checkpoint, task)
+    saved_task = checkpoint["vision_tasks"]["task"]
     model = TASKS[saved_task].model.load_from_checkpoint(path, map_location="cpu",
                                                          weights_only=True)  # fmt: skip
     model.eval()
@@ -187,7 +240,7 @@ def load_task_checkpoint(path: str | Path, task: str | None = None) -> BaseTask:
 
 def _data_from_checkpoint(task: str, checkpoint: Path, overrides: list[str]) -> Any:
     """The data module as trained, with ``--data.*`` overrides from the command line."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved = read_checkpoint(checkpoint, mmap=True)
     # LightningCLI adds private entries such as "_instantiator"; only constructor arguments count.
     hparams = {k: v for k, v in saved.get("datamodule_hyper_parameters", {}).items()
                if not k.startswith("_")}  # fmt: skip
@@ -215,13 +268,15 @@ def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--timing-images", type=int, default=8,
                         help="multitask --compare: images the inference times are taken on")
     args, overrides = parser.parse_known_args(argv)
+    with user_errors():
+        return _evaluate(args, overrides)
+
+
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     compare = _parse_compare(args.compare, args.task)
     model = load_task_checkpoint(args.ckpt, args.task)
-    try:
-        data = _data_from_checkpoint(args.task, args.ckpt, overrides)
-        data.adopt_categories(model.categories)  # reads the test split only
-    except CocoDataError as error:
-        raise SystemExit(f"error: {error}") from None
+    data = _data_from_checkpoint(args.task, args.ckpt, overrides)
+    data.adopt_categories(model.categories)  # reads the test split only
     if args.split:
         data.split_labels["test"] = args.split
     default_dir = args.ckpt.parent.parent if args.ckpt.parent.name == "checkpoints" else Path(".")
@@ -265,10 +320,7 @@ def _compare_with_single_tasks(
     singles, headlines = {}, {}
     for task, checkpoint in checkpoints.items():
         single = load_task_checkpoint(checkpoint, task)
-        try:
-            single_data = _data_from_checkpoint(task, checkpoint, split)
-        except CocoDataError as error:
-            raise SystemExit(f"error: {error}") from None
+        single_data = _data_from_checkpoint(task, checkpoint, split)
         single.report_dir = str(Path(model.report_dir) / f"single_{task}")
         trainer.test(single, datamodule=single_data, verbose=False)
         singles[task], headlines[task] = single.eval(), single.test_report.headline
@@ -312,9 +364,6 @@ def collate_predict(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def predict_main(argv: list[str] | None = None) -> list[Path]:
     """``tools/predict.py --ckpt PATH (IMAGES_OR_FOLDERS... | --coco JSON --images DIR)``."""
-    from vision_tasks.data.coco import CocoIndex, read_image, write_results_json
-    from vision_tasks.utils import atomic_write_json
-
     parser = argparse.ArgumentParser(description=predict_main.__doc__)
     parser.add_argument("inputs", nargs="*", type=Path, help="image files or folders")
     parser.add_argument("--coco", type=Path,
@@ -333,6 +382,14 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
         parser.error("give image files / folders, or --coco JSON --images DIR (one of the two)")
     if args.coco and args.images is None:
         parser.error("--coco needs --images: the folder its file_names are relative to")
+    with user_errors():
+        return _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> list[Path]:
+    from vision_tasks.data.coco import CocoIndex, read_image, write_results_json
+    from vision_tasks.utils import atomic_write_json
+
     model = load_task_checkpoint(args.ckpt, args.task)
     network = model.to(memory_format=torch.channels_last)  # NHWC: faster inference on CPU
     if args.engine == "onnx":
@@ -344,17 +401,14 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
         network = OnnxRunner(onnx_path)
     index = None
     if args.coco:
-        try:
-            index = CocoIndex(args.coco, args.images)
-            if hasattr(model, "predict_coco"):  # per-box outputs (re-ID embeddings)
-                saved = torch.load(args.ckpt, map_location="cpu", weights_only=True, mmap=True)
-                args.output.mkdir(parents=True, exist_ok=True)
-                written = model.predict_coco(index, network, args.output, args.batch_size,
-                                             saved.get("datamodule_hyper_parameters", {}))
-                print(f"{args.coco} -> {args.output}/ ({', '.join(p.name for p in written)})")
-                return written
-        except CocoDataError as error:
-            raise SystemExit(f"error: {error}") from None
+        index = CocoIndex(args.coco, args.images)
+        if hasattr(model, "predict_coco"):  # per-box outputs (re-ID embeddings)
+            saved = read_checkpoint(args.ckpt, mmap=True)
+            args.output.mkdir(parents=True, exist_ok=True)
+            written = model.predict_coco(index, network, args.output, args.batch_size,
+                                         saved.get("datamodule_hyper_parameters", {}))
+            print(f"{args.coco} -> {args.output}/ ({', '.join(p.name for p in written)})")
+            return written
         image_ids = list(index.image_ids)
         files = [index.image_path(image_id) for image_id in image_ids]
     else:
@@ -367,11 +421,8 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         ids = image_ids[start : start + args.batch_size]
-        try:
-            images = [index.load_image(i) if index is not None else read_image(p)
-                      for i, p in zip(ids, chunk)]  # fmt: skip
-        except CocoDataError as error:
-            raise SystemExit(f"error: {error}") from None
+        images = [index.load_image(i) if index is not None else read_image(p)
+                  for i, p in zip(ids, chunk)]  # fmt: skip
         samples = [model.predict_sample(image) for image in images]
         for sample, image_id in zip(samples, ids):
             sample["image_id"] = image_id

@@ -33,8 +33,14 @@ def letterbox_params(height: int, width: int, size: int) -> tuple[float, int, in
         ``(scale, pad_x, pad_y)``: input pixel ``p`` maps to ``p * scale + pad``.
     """
     scale = min(size / height, size / width)
-    new_w, new_h = round(width * scale), round(height * scale)
+    new_w, new_h = letterbox_size(height, width, scale)
     return scale, (size - new_w) // 2, (size - new_h) // 2
+
+
+def letterbox_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(new_w, new_h)`` of an (H, W) image scaled by ``scale``: rounded, at least 1 px (a
+    2000x1 image would otherwise round to 0 rows, which ``cv2.resize`` refuses)."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def letterbox_image(
@@ -47,7 +53,7 @@ def letterbox_image(
     """
     height, width = image.shape[:2]
     scale, pad_x, pad_y = letterbox_params(height, width, size)
-    new_w, new_h = round(width * scale), round(height * scale)
+    new_w, new_h = letterbox_size(height, width, scale)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     padded = cv2.copyMakeBorder(
@@ -68,7 +74,7 @@ def letterbox_label_map(label: np.ndarray, size: int, fill: int) -> np.ndarray:
     blended labels), padding ``fill`` (the ignore index: padding is no class)."""
     height, width = label.shape[:2]
     scale, pad_x, pad_y = letterbox_params(height, width, size)
-    new_w, new_h = round(width * scale), round(height * scale)
+    new_w, new_h = letterbox_size(height, width, scale)
     resized = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
     return cv2.copyMakeBorder(resized, pad_y, size - new_h - pad_y, pad_x, size - new_w - pad_x,
                               cv2.BORDER_CONSTANT, value=fill)  # fmt: skip
@@ -79,7 +85,7 @@ def unletterbox_map(
 ) -> Tensor:
     """(C, S, S) maps of a letterboxed input -> (C, H0, W0) at the original size (bilinear)."""
     height, width = (int(v) for v in original_hw)
-    new_w, new_h = round(width * scale), round(height * scale)
+    new_w, new_h = letterbox_size(height, width, scale)
     valid = maps[None, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w]
     if (new_h, new_w) != (height, width):
         valid = torch.nn.functional.interpolate(valid, size=(height, width), mode="bilinear",

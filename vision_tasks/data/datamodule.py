@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -130,6 +130,9 @@ class VisionDataModule(L.LightningDataModule):
         synthetic_val: validation images in the synthetic default dataset.
     """
 
+    # A task whose model predicts categories needs at least one; re-ID and homography do not.
+    needs_categories: ClassVar[bool] = True
+
     def __init__(
         self,
         train_json: str | None = None,
@@ -180,6 +183,10 @@ class VisionDataModule(L.LightningDataModule):
     def before_train_epoch(self, dataset: Dataset) -> None:
         """Adjust the training dataset as an epoch starts (the multitask data's input size)."""
 
+    def describe_samples(self) -> str:
+        """What this task's samples are made of, for the error that an empty split gives."""
+        return "images"
+
     # ---- indexes and categories ----------------------------------------------------------
     def index(self, split: str) -> CocoIndex:
         """The validated COCO index of ``split`` (loaded once)."""
@@ -203,6 +210,9 @@ class VisionDataModule(L.LightningDataModule):
         indexes = self._indexes
         reference_split = "train" if "train" in indexes else next(iter(indexes))
         reference = indexes[reference_split]
+        if self.needs_categories and not reference.categories:
+            raise CocoDataError(f"{reference.json_path}: field 'categories': the list is empty; "
+                                f"this task needs at least one category")  # fmt: skip
         for index in indexes.values():
             if index.category_ids != reference.category_ids:
                 raise CocoDataError(
@@ -224,9 +234,11 @@ class VisionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets the stage needs."""
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}
+        if self.needs_categories:
+            self.categories  # noqa: B018 -- checks them (shared by every split, not empty)
         for split in wanted.get(stage or "fit", ["test"]):
             if split not in self.datasets and split in self._indexes:
-                self.datasets[split] = self.build_dataset(self._indexes[split], split == "train")
+                self.datasets[split] = self._build(split)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (or task-sampled) training batches."""
@@ -255,8 +267,18 @@ class VisionDataModule(L.LightningDataModule):
             if split not in self._indexes:
                 raise CocoDataError(f"no {split} split given: pass --data.{split}_json and "
                                     f"--data.{split}_images")
-            self.datasets[split] = self.build_dataset(self._indexes[split], split == "train")
+            self.datasets[split] = self._build(split)
         return self.datasets[split]
+
+    def _build(self, split: str) -> Dataset:
+        """``build_dataset`` of ``split``, refusing one without samples: an empty sampler or
+        loader fails later with a message that names neither the file nor what is missing."""
+        index = self._indexes[split]
+        dataset = self.build_dataset(index, split == "train")
+        if len(dataset) == 0:
+            raise CocoDataError(f"{index.json_path}: the {split} split has no samples: this "
+                                f"task needs {self.describe_samples()}")  # fmt: skip
+        return dataset
 
     def _loader(self, dataset: Dataset, training: bool = False, **kwargs: Any) -> DataLoader:
         if "batch_sampler" not in kwargs:

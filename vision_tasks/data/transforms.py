@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import albumentations as A
@@ -196,7 +197,12 @@ def segment_transforms(
                             fill=_MEAN_RGB, fill_mask=ignore_index)  # fmt: skip
         return A.Compose([resize, pad, *_finish()])
     low, high = scale_range
+    # RandomScale truncates each side (int(side * scale)): a 1-px side (a 2000x1 image) would
+    # become 0 px. Sides this short are padded first; longer ones are left alone.
+    shortest = math.ceil(1 / low) + 1
     augment = [
+        A.PadIfNeeded(shortest, shortest, position="center", border_mode=cv2.BORDER_CONSTANT,
+                      fill=_MEAN_RGB, fill_mask=ignore_index),
         A.RandomScale(scale_limit=(low - 1, high - 1), interpolation=cv2.INTER_LINEAR,
                       mask_interpolation=cv2.INTER_LINEAR if soft_masks else nearest, p=1.0),
         A.RandomCrop(crop_size, crop_size, pad_if_needed=True, pad_position="random",

@@ -120,6 +120,10 @@ class ClassifyData(VisionDataModule):
         self.crop_margin = crop_margin
         self.colour_shift = colour_shift
 
+    def describe_samples(self) -> str:
+        """Crops of non-crowd annotations (or whole images, each with one)."""
+        return f"non-crowd annotations (--data.mode {self.mode})"
+
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """One sample per image or per annotation box."""
         return ClassifyDataset(

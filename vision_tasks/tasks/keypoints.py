@@ -416,6 +416,12 @@ class KeypointData(VisionDataModule):
                                 f"{len(category['keypoints'])} keypoints")  # fmt: skip
         self.categories = [dict(category)]
 
+    def describe_samples(self) -> str:
+        """Annotated instances of the keypoint category (or detections, to evaluate on)."""
+        return (f"non-crowd annotations of category {self.categories[0]['name']!r} with "
+                f"labelled keypoints (num_keypoints > 0; with --data.boxes_json: detections "
+                f"scored --data.box_score_threshold or more)")  # fmt: skip
+
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """Crops of annotated instances, or of detected boxes for evaluation with ``boxes_json``."""
         category = self.categories[0]

@@ -181,6 +181,8 @@ class HomographyData(VisionDataModule):
         self.pairs_per_image = pairs_per_image
         self.refine = (refine_fraction, refine_jitter)
 
+    needs_categories = False  # pairs cut from images; annotations are not read
+
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """One pair per image (annotations ignored)."""
         return HomographyDataset(index, self.image_size, train, self.patch_size, self.rho,

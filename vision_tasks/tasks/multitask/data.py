@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy
+from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy, is_integer
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import colour_shifted, multitask_transforms
 from vision_tasks.tasks.keypoints import flip_pairs_from_names, flip_permutation
@@ -191,7 +191,7 @@ class MultiTaskDataset(Dataset):
 
 
 def _int_or(value: Any, default: Any) -> Any:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+    return value if is_integer(value) else default  # beyond int64 would overflow the tensor
 
 
 class _Concatenated(ConcatDataset):
@@ -310,6 +310,10 @@ class MultiTaskData(VisionDataModule):
                         f"{index.json_path}: category id={category['id']}: field 'name': "
                         f"{category['name']!r}, but {seen[1]} names it {seen[0]['name']!r}")
         categories = [dict(union[i][0]) for i in sorted(union)]
+        if not categories:
+            files = sorted({str(p) for p, _ in self._indexes.paths.values()})
+            raise CocoDataError(f"{', '.join(files)}: field 'categories': the list is empty; "
+                                f"the joint model needs at least one category")  # fmt: skip
         named = [c for c in categories if c.get("keypoints")
                  and self.keypoint_category in (None, c["name"])]  # fmt: skip
         if self.keypoint_category is not None and len(named) != 1:

@@ -282,7 +282,7 @@ class MultiTaskOutputs:
         drawn = []
         for i, prediction in enumerate(predictions):
             scale, pad_x, pad_y, (height, width) = _numbers(batch, i)
-            new_w, new_h = round(width * scale), round(height * scale)
+            new_w, new_h = ops.letterbox_size(height, width, scale)
             original = cv2.resize(np.ascontiguousarray(images[i, pad_y:pad_y + new_h,
                                                               pad_x:pad_x + new_w]),
                                   (width, height))  # fmt: skip

@@ -11,7 +11,7 @@ import numpy as np
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler
 
 from vision_tasks import ops
-from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy
+from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy, is_integer
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import reid_transforms
 
@@ -65,7 +65,7 @@ class ReidDataset(Dataset):
             image = self.index.image_info(image_id)
             for ann in self.index.annotations(image_id, include_crowd=False):
                 identity = ann.get(identity_field)
-                if identity is not None and not _is_int(identity):
+                if identity is not None and not is_integer(identity):
                     raise CocoDataError(
                         f"{name}: annotation id={ann['id']}: field '{identity_field}': expected "
                         f"an integer identity (or null / -1 for none), got {identity!r}"
@@ -74,7 +74,7 @@ class ReidDataset(Dataset):
                     self.skipped["annotations without identity"] += 1
                     continue
                 camera = image.get(camera_field)
-                if not _is_int(camera):
+                if not is_integer(camera):
                     raise CocoDataError(
                         f"{name}: image id={image_id}: field '{camera_field}': expected an "
                         f"integer camera id, got {camera!r} (set --data.camera_field)"
@@ -117,10 +117,6 @@ class ReidDataset(Dataset):
             "image_id": sample["image_id"],
             "annotation_id": sample["ann"]["id"],
         }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---- P x K sampler ----------------------------------------------------------------------------
@@ -226,6 +222,8 @@ class ReidData(VisionDataModule):
     ``batch_size`` = P x K: K is ``num_instances`` (at most half the batch), P = batch_size // K.
     """
 
+    needs_categories = False  # identities, not categories
+
     def __init__(
         self,
         train_json: str | None = None,
@@ -258,6 +256,11 @@ class ReidData(VisionDataModule):
         self.crop_margin = crop_margin
         self.sampler_seed = sampler_seed
 
+    def describe_samples(self) -> str:
+        """Non-crowd annotations that carry an identity."""
+        return (f"non-crowd annotations with an identity: an integer field "
+                f"'{self.identity_field}' >= 0 (another field: --data.identity_field)")
+
     def build_dataset(self, index: CocoIndex, train: bool) -> ReidDataset:
         """Crops of the annotations that carry an identity."""
         return ReidDataset(index, self.image_size, train, self.aspect_ratio,
@@ -269,8 +272,12 @@ class ReidData(VisionDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         shard = DistributedSampler(range(len(dataset)), world, rank, shuffle=False)
         k = min(self.num_instances, max(2, self.batch_size // 2))
-        sampler = PKBatchSampler(shard, dataset.identities, max(2, self.batch_size // k), k,
-                                 self.sampler_seed)  # fmt: skip
+        try:
+            sampler = PKBatchSampler(shard, dataset.identities, max(2, self.batch_size // k), k,
+                                     self.sampler_seed)  # fmt: skip
+        except CocoDataError as error:
+            raise CocoDataError(f"{dataset.index.json_path}: field '{self.identity_field}': "
+                                f"{error}") from None  # fmt: skip
         if sampler.left_out:
             log.info("P x K sampler: %d identities with one sample left out", sampler.left_out)
         return sampler
