@@ -37,9 +37,14 @@ def main() -> None:
     args = parser.parse_args()
     model = HomographyTask.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     hp = model.hparams
-    data = HomographyData(image_size=hp.image_size, batch_size=40, num_workers=0,
-                          patch_size=hp.patch_size, rho=hp.rho,
-                          pair_seed=args.pair_seed)  # fmt: skip
+    data = HomographyData(
+        image_size=hp.image_size,
+        batch_size=40,
+        num_workers=0,
+        patch_size=hp.patch_size,
+        rho=hp.rho,
+        pair_seed=args.pair_seed,
+    )
     data.prepare_data()
     data.setup("validate")
     batches = list(data.val_dataloader())
@@ -49,8 +54,10 @@ def main() -> None:
         for value in values:
             hp[key] = value
             errors = corner_errors(model, batches)
-            print(f"{key}={value}: mace {errors.mean():.3f} px, median {errors.median():.3f} px "
-                  f"({len(errors)} pairs, pair_seed {args.pair_seed})")  # fmt: skip
+            print(
+                f"{key}={value}: mace {errors.mean():.3f} px, median {errors.median():.3f} px "
+                f"({len(errors)} pairs, pair_seed {args.pair_seed})"
+            )
         hp[key] = default
 
 

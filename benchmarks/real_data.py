@@ -62,8 +62,16 @@ class Job:
 
 
 def _splits(train: Path, train_images: Path, val: Path, val_images: Path) -> list[str]:
-    return ["--data.train_json", str(train), "--data.train_images", str(train_images),
-            "--data.val_json", str(val), "--data.val_images", str(val_images)]  # fmt: skip
+    return [
+        "--data.train_json",
+        str(train),
+        "--data.train_images",
+        str(train_images),
+        "--data.val_json",
+        str(val),
+        "--data.val_images",
+        str(val_images),
+    ]
 
 
 def jobs(data: dict[str, Path]) -> list[Job]:
@@ -71,37 +79,100 @@ def jobs(data: dict[str, Path]) -> list[Job]:
     bccd = _splits(data["bccd_trainval"], data["bccd_root"], data["bccd_test"], data["bccd_root"])
     coco = REAL / "cocomini"
     notes = coco / "annotations"
-    instances = _splits(notes / "instances_train2017.json", coco / "train2017",
-                        notes / "instances_val2017.json", coco / "val2017")  # fmt: skip
-    people = _splits(notes / "person_keypoints_train2017.json", coco / "train2017",
-                     notes / "person_keypoints_val2017.json", coco / "val2017")  # fmt: skip
+    instances = _splits(
+        notes / "instances_train2017.json",
+        coco / "train2017",
+        notes / "instances_val2017.json",
+        coco / "val2017",
+    )
+    people = _splits(
+        notes / "person_keypoints_train2017.json",
+        coco / "train2017",
+        notes / "person_keypoints_val2017.json",
+        coco / "val2017",
+    )
     campus, stadtmitte = data["campus"], data["stadtmitte"]
     real_colours = ["--data.colour_shift", "0"]  # the configs' shift is for synthetic shapes
-    reid = ["--data.image_size", "128", "--data.aspect_ratio", "0.5", "--data.batch_size", "32",
-            "--data.policy", "clip"]  # fmt: skip
+    reid = [
+        "--data.image_size",
+        "128",
+        "--data.aspect_ratio",
+        "0.5",
+        "--data.batch_size",
+        "32",
+        "--data.policy",
+        "clip",
+    ]
     bccd_detect = [*bccd, "--data.image_size", "320", *real_colours]
     bccd_classify = [*bccd, "--data.mode", "crop", "--data.image_size", "64", *real_colours]
     return [
-        Job("coco-detect", "detect", "COCO-MINI", "AP", 5, [*instances, *real_colours,
-            "--data.image_size", "320"]),  # fmt: skip
-        Job("coco-segment", "segment", "COCO-MINI", "miou", 5, [*instances, *real_colours,
-            "--data.image_size", "256", "--data.crop_size", "192"]),  # fmt: skip
+        Job(
+            "coco-detect",
+            "detect",
+            "COCO-MINI",
+            "AP",
+            5,
+            [*instances, *real_colours, "--data.image_size", "320"],
+        ),
+        Job(
+            "coco-segment",
+            "segment",
+            "COCO-MINI",
+            "miou",
+            5,
+            [*instances, *real_colours, "--data.image_size", "256", "--data.crop_size", "192"],
+        ),
         Job("coco-keypoints", "keypoints", "COCO-MINI", "AP", 5, [*people]),
         Job("coco-homography", "homography", "COCO-MINI", "mace", 3, [*instances]),
         Job("bccd-detect", "detect", "BCCD", "AP", 6, bccd_detect),
         Job("bccd-classify", "classify", "BCCD", "top1", 3, bccd_classify),
-        Job("bccd-classify-from-detect", "classify", "BCCD", "top1", 3, bccd_classify,
-            seed_from="bccd-detect", notes="backbone from the bccd-detect run"),
-        Job("synthetic-detect", "detect", "synthetic default", "AP", 6, ["--data.image_size",
-            "320"], notes="pretraining for the next row"),  # fmt: skip
-        Job("bccd-detect-from-synthetic", "detect", "BCCD", "AP", 6, bccd_detect,
-            seed_from="synthetic-detect", notes="backbone from the synthetic-detect run"),
-        Job("tud-reid-campus-to-stadtmitte", "reid", "MOT15 TUD", "mAP", 3,
+        Job(
+            "bccd-classify-from-detect",
+            "classify",
+            "BCCD",
+            "top1",
+            3,
+            bccd_classify,
+            seed_from="bccd-detect",
+            notes="backbone from the bccd-detect run",
+        ),
+        Job(
+            "synthetic-detect",
+            "detect",
+            "synthetic default",
+            "AP",
+            6,
+            ["--data.image_size", "320"],
+            notes="pretraining for the next row",
+        ),
+        Job(
+            "bccd-detect-from-synthetic",
+            "detect",
+            "BCCD",
+            "AP",
+            6,
+            bccd_detect,
+            seed_from="synthetic-detect",
+            notes="backbone from the synthetic-detect run",
+        ),
+        Job(
+            "tud-reid-campus-to-stadtmitte",
+            "reid",
+            "MOT15 TUD",
+            "mAP",
+            3,
             [*_splits(campus, data["campus_root"], stadtmitte, data["stadtmitte_root"]), *reid],
-            notes="train TUD-Campus, test TUD-Stadtmitte"),
-        Job("tud-reid-stadtmitte-to-campus", "reid", "MOT15 TUD", "mAP", 3,
+            notes="train TUD-Campus, test TUD-Stadtmitte",
+        ),
+        Job(
+            "tud-reid-stadtmitte-to-campus",
+            "reid",
+            "MOT15 TUD",
+            "mAP",
+            3,
             [*_splits(stadtmitte, data["stadtmitte_root"], campus, data["campus_root"]), *reid],
-            notes="train TUD-Stadtmitte, test TUD-Campus"),
+            notes="train TUD-Stadtmitte, test TUD-Campus",
+        ),
     ]
 
 
@@ -134,25 +205,38 @@ def run_job(job: Job, done: dict[str, dict[str, Any]], scale: float) -> dict[str
     start = time.perf_counter()
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    entry = {"name": job.name, "task": job.task, "dataset": job.dataset, "metric": job.metric,
-             "budget_min": minutes, "wall_s": round(wall, 1), "notes": job.notes,
-             "command": "python tools/train.py " + " ".join(_shown(argv))}  # fmt: skip
+    entry = {
+        "name": job.name,
+        "task": job.task,
+        "dataset": job.dataset,
+        "metric": job.metric,
+        "budget_min": minutes,
+        "wall_s": round(wall, 1),
+        "notes": job.notes,
+        "command": "python tools/train.py " + " ".join(_shown(argv)),
+    }
     if run.returncode != 0:
         return {**entry, "error": (run.stderr or run.stdout)[-3000:]}
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     match = re.search(r"report:\s+(\S+)/report\.md", run.stdout)
     folder = Path(match.group(1)).parent if match else None
     report = json.loads((folder / "report" / "report.json").read_text()) if folder else {}
-    return {**entry, **measured, "run": str(folder), "headline": report.get("headline", {}),
-            "value": report.get("headline", {}).get(job.metric),
-            "epochs": _epochs(folder / "metrics.csv") if folder else None,
-            "checkpoint": _best_checkpoint(folder) if folder else None}  # fmt: skip
+    return {
+        **entry,
+        **measured,
+        "run": str(folder),
+        "headline": report.get("headline", {}),
+        "value": report.get("headline", {}).get(job.metric),
+        "epochs": _epochs(folder / "metrics.csv") if folder else None,
+        "checkpoint": _best_checkpoint(folder) if folder else None,
+    }
 
 
 def _shown(argv: list[str]) -> list[str]:
     """The command as a user would type it from the repo root (paths relative to it)."""
-    return [str(Path(a).relative_to(ROOT.parent)) if a.startswith(str(ROOT.parent)) else a
-            for a in argv]  # fmt: skip
+    return [
+        str(Path(a).relative_to(ROOT.parent)) if a.startswith(str(ROOT.parent)) else a for a in argv
+    ]
 
 
 def _epochs(metrics_csv: Path) -> int | None:
@@ -180,12 +264,16 @@ def run_one(argv: list[str]) -> None:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """The docs table: one row per run."""
-    lines = ["| run | task | data | metric | value | wall | epochs | peak RSS (main / worker) "
-             "| notes |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| run | task | data | metric | value | wall | epochs | peak RSS (main / worker) | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r.get('task', '')} | {r.get('dataset', '')} | "
-                         f"| failed | | | | {r['error'].splitlines()[-1][:80]} |")  # fmt: skip
+            lines.append(
+                f"| {r['name']} | {r.get('task', '')} | {r.get('dataset', '')} | "
+                f"| failed | | | | {r['error'].splitlines()[-1][:80]} |"
+            )
             continue
         value = f"{r['value']:.3f}" if isinstance(r.get("value"), float) else "n/a"
         lines.append(
@@ -198,9 +286,11 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 def write_doc(results: list[dict[str, Any]], env: dict[str, Any]) -> None:
     """Replace the table between the markers of ``docs/real-data.md`` (the prose stays)."""
-    table = (f"{TABLE_START}\nMeasured {env['measured_at']} on {env['cpus']} CPU cores "
-             f"({env['processor']}), torch {env['torch']}, `python benchmarks/real_data.py`.\n\n"
-             f"{markdown_table(results)}\n{TABLE_END}")  # fmt: skip
+    table = (
+        f"{TABLE_START}\nMeasured {env['measured_at']} on {env['cpus']} CPU cores "
+        f"({env['processor']}), torch {env['torch']}, `python benchmarks/real_data.py`.\n\n"
+        f"{markdown_table(results)}\n{TABLE_END}"
+    )
     text = DOC.read_text() if DOC.is_file() else f"# Real data\n\n{TABLE_START}\n{TABLE_END}\n"
     before, _, rest = text.partition(TABLE_START)
     _, _, after = rest.partition(TABLE_END)
@@ -211,8 +301,12 @@ def main(argv: list[str] | None = None) -> None:
     """Prepare the data, run the jobs one after another, write JSON and the docs table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run these jobs only")
-    parser.add_argument("--budget-scale", type=float, default=1.0,
-                        help="multiply every budget (0.1 for a quick check of every path)")
+    parser.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="multiply every budget (0.1 for a quick check of every path)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -230,8 +324,10 @@ def main(argv: list[str] | None = None) -> None:
     for job in all_jobs:
         if args.only and job.name not in args.only:
             continue
-        print(f"{job.name}: {job.task} on {job.dataset}, {job.minutes * args.budget_scale:g} min",
-              flush=True)  # fmt: skip
+        print(
+            f"{job.name}: {job.task} on {job.dataset}, {job.minutes * args.budget_scale:g} min",
+            flush=True,
+        )
         done[job.name] = run_job(job, done, args.budget_scale)
         shown = done[job.name].get("value", done[job.name].get("error", "")[-200:])
         print(f"  -> {job.metric} {shown}", flush=True)

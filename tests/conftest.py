@@ -39,22 +39,32 @@ def tiny_coco(tmp_path_factory: pytest.TempPathFactory) -> SyntheticPaths:
 def data_args(tiny_coco: SyntheticPaths) -> list[str]:
     """CLI arguments pointing a task at the tiny dataset."""
     return [
-        "--data.train_json", str(tiny_coco.train_json),
-        "--data.train_images", str(tiny_coco.train_images),
-        "--data.val_json", str(tiny_coco.val_json),
-        "--data.val_images", str(tiny_coco.val_images),
-        "--data.num_workers", "0",
-    ]  # fmt: skip
+        "--data.train_json",
+        str(tiny_coco.train_json),
+        "--data.train_images",
+        str(tiny_coco.train_images),
+        "--data.val_json",
+        str(tiny_coco.val_json),
+        "--data.val_images",
+        str(tiny_coco.val_images),
+        "--data.num_workers",
+        "0",
+    ]
 
 
 # One short fit per task, shared by the CLI, export and reliability tests.
 QUICK_FIT = [
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--data.batch_size", "4",
-]  # fmt: skip
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--data.batch_size",
+    "4",
+]
 
 
 class _TrainedRuns(dict):
@@ -81,12 +91,17 @@ class _TrainedRuns(dict):
 def trained_runs(tiny_coco, tmp_path_factory) -> _TrainedRuns:
     """One short fit per task on the tiny dataset, on demand; maps task -> run folder."""
     data = [
-        "--data.train_json", str(tiny_coco.train_json),
-        "--data.train_images", str(tiny_coco.train_images),
-        "--data.val_json", str(tiny_coco.val_json),
-        "--data.val_images", str(tiny_coco.val_images),
-        "--data.num_workers", "0",
-    ]  # fmt: skip
+        "--data.train_json",
+        str(tiny_coco.train_json),
+        "--data.train_images",
+        str(tiny_coco.train_images),
+        "--data.val_json",
+        str(tiny_coco.val_json),
+        "--data.val_images",
+        str(tiny_coco.val_images),
+        "--data.num_workers",
+        "0",
+    ]
     return _TrainedRuns(data, tmp_path_factory.mktemp("runs"))
 
 

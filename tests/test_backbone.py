@@ -160,8 +160,9 @@ def test_a_truncated_two_channel_homography_trunk_seeds_an_rgb_backbone(tmp_path
     _save_task_checkpoint(homography_2ch, path_2ch)
     # A 1-channel trunk up to c3: layer3 / layer4 keep their random init.
     trunk = Backbone("resnet18", weights=str(path))
-    torch.testing.assert_close(trunk.stages[1][0].conv1.weight,
-                               homography.backbone.stages[1][0].conv1.weight)
+    torch.testing.assert_close(
+        trunk.stages[1][0].conv1.weight, homography.backbone.stages[1][0].conv1.weight
+    )
     one = homography.backbone.stem[0].weight
     torch.testing.assert_close(trunk.stem[0].weight, (one / 3).repeat(1, 3, 1, 1))
     # 2 channels -> RGB: each RGB filter is the mean of the two, scaled as adapt_first_conv does.
@@ -184,12 +185,18 @@ def test_a_plain_state_dict_file_of_the_module_names_loads(tmp_path) -> None:
 def test_a_file_that_is_no_trunk_is_one_clear_error(tmp_path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"state_dict": {"head.weight": torch.zeros(3)}}, path)
-    with pytest.raises(BackboneWeightsError, match=r"other.pth is not a resnet18 checkpoint: "
-                       r"\d+ of its \d+ trunk tensors are missing \(first: conv1.weight\)"):
+    with pytest.raises(
+        BackboneWeightsError,
+        match=r"other.pth is not a resnet18 checkpoint: "
+        r"\d+ of its \d+ trunk tensors are missing \(first: conv1.weight\)",
+    ):
         Backbone("resnet18", weights=str(path))
     # A trunk with a stage in the middle missing is not a truncated trunk either.
-    state = {k: v for k, v in Backbone("resnet18", weights="none").state_dict().items()
-             if not k.startswith("stages.1.")}
+    state = {
+        k: v
+        for k, v in Backbone("resnet18", weights="none").state_dict().items()
+        if not k.startswith("stages.1.")
+    }
     torch.save(state, path)
     with pytest.raises(BackboneWeightsError, match=r"first: layer2\."):
         Backbone("resnet18", weights=str(path))
@@ -202,8 +209,17 @@ def test_cli_refuses_bad_backbone_weights_with_one_line(tmp_path, data_args, mon
     path = tmp_path / "other.pth"
     torch.save({"x": torch.zeros(1)}, path)
     with pytest.raises(SystemExit) as stop:
-        train_main(["--task", "classify", *data_args, "--model.backbone_weights", str(path),
-                    "--trainer.fast_dev_run", "true"])
+        train_main(
+            [
+                "--task",
+                "classify",
+                *data_args,
+                "--model.backbone_weights",
+                str(path),
+                "--trainer.fast_dev_run",
+                "true",
+            ]
+        )
     message = str(stop.value.code)
     assert message.startswith("error: ") and "other.pth is not a resnet18 checkpoint" in message
     assert "\n" not in message
@@ -215,8 +231,11 @@ def test_a_reloaded_checkpoint_does_not_read_its_starting_weights_again(tmp_path
     start = tmp_path / "start.pth"
     torch.save(torchvision.models.resnet18().state_dict(), start)
     model = ClassifyTask(categories=CATEGORIES, backbone_weights=str(start))
-    trainer_like = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                    "pytorch-lightning_version": "2.5.0"}
+    trainer_like = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": "2.5.0",
+    }
     torch.save(trainer_like, tmp_path / "m.ckpt")
     start.unlink()  # moved or deleted since: the checkpoint alone must be enough
     restored = ClassifyTask.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)

@@ -44,14 +44,28 @@ class _StopAfterTwoSteps(L.Callback):
 
 def _fit_two_steps(tiny_coco, callbacks: list) -> torch.optim.Optimizer:
     torch.manual_seed(0)
-    data = ClassifyData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                        str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=32,
-                        batch_size=4, num_workers=0)  # fmt: skip
-    model = ClassifyTask(categories=data.categories, image_size=32, lr=0.01, warmup_epochs=0,
-                         min_lr_ratio=0.05)  # fmt: skip
-    trainer = L.Trainer(max_epochs=100, limit_train_batches=2, limit_val_batches=0,
-                        callbacks=callbacks, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    data = ClassifyData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+    )
+    model = ClassifyTask(
+        categories=data.categories, image_size=32, lr=0.01, warmup_epochs=0, min_lr_ratio=0.05
+    )
+    trainer = L.Trainer(
+        max_epochs=100,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=data)
     return trainer.optimizers[0]
 
@@ -70,15 +84,28 @@ def test_a_time_budget_anneals_the_learning_rate_and_the_optimiser_is_fused(
 
 def test_mixed_precision_trains_in_bfloat16_and_evaluates_in_float32(tiny_coco) -> None:
     """Reports must not move with --trainer.precision: evaluation switches autocast off."""
-    data = ClassifyData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                        str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=32,
-                        batch_size=4, num_workers=0)  # fmt: skip
+    data = ClassifyData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+    )
     model = ClassifyTask(categories=data.categories, image_size=32)
     seen: dict[bool, set] = {True: set(), False: set()}
     model.head.register_forward_hook(lambda m, i, out: seen[m.training].add(out.dtype))
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1,
-                        precision="bf16-mixed", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=data)
     trainer.predict(model, dataloaders=data.val_dataloader(), return_predictions=False)
     assert seen == {True: {torch.bfloat16}, False: {torch.float32}}

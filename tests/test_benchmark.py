@@ -39,8 +39,11 @@ def test_results_of_other_tasks_survive_a_new_run(tmp_path) -> None:
         [{"task": "detect", "headline": {"AP": 0.5}}],
     )
     runs = {(e["task"], json.dumps(e["options"])): e["environment"]["run"] for e in second["speed"]}
-    assert runs == {("detect", '{"fuse": false}'): 1, ("detect", '{"fuse": true}'): 2,
-                    ("segment", "{}"): 2}  # fmt: skip
+    assert runs == {
+        ("detect", '{"fuse": false}'): 1,
+        ("detect", '{"fuse": true}'): 2,
+        ("segment", "{}"): 2,
+    }
     assert [q["headline"] for q in second["quality"]] == [{"AP": 0.5}]
 
 
@@ -86,8 +89,9 @@ def test_joint_training_step_runs_every_head_and_each_heads_cost_is_timed() -> N
     benchmark._train_step(model.train(), batch, no_autocast)()
     assert sorted(calls) == ["identity_classifier", "keypoint_head", "reid_head"]
 
-    costs = benchmark._train_without_each_head(model, batch, 64, no_autocast,
-                                               torch.contiguous_format, 1, 0)  # fmt: skip
+    costs = benchmark._train_without_each_head(
+        model, batch, 64, no_autocast, torch.contiguous_format, 1, 0
+    )
     assert set(costs) == set(model.heads)
     for cost in costs.values():
         assert cost["median_ms"] > 0 and cost["saved_share"] < 1
@@ -95,7 +99,8 @@ def test_joint_training_step_runs_every_head_and_each_heads_cost_is_timed() -> N
 
 def test_functions_timed_in_turns_are_each_called_once_per_round() -> None:
     calls: list[str] = []
-    times = benchmark.timed_in_turns({"a": lambda: calls.append("a"),
-                                      "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    times = benchmark.timed_in_turns(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+    )
     assert calls == ["a", "b"] + ["a", "b"] * 3
     assert set(times) == {"a", "b"} and all(t["min_ms"] <= t["median_ms"] for t in times.values())

@@ -72,9 +72,13 @@ def test_decode_maps_indices_back_to_coco_ids() -> None:
 def test_few_steps_on_one_batch_halve_the_loss(tiny_coco) -> None:
     torch.manual_seed(0)
     data = ClassifyData(
-        str(tiny_coco.train_json), str(tiny_coco.train_images),
-        str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=32, num_workers=0,
-    )  # fmt: skip
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=32,
+        num_workers=0,
+    )
     dataset = ClassifyDataset(data.index("val"), image_size=32, train=False)
     batch = data.collate([dataset[i] for i in range(min(16, len(dataset)))])
     model = ClassifyTask(categories=data.categories, image_size=32)

@@ -56,8 +56,18 @@ def test_predict_on_a_coco_file_keeps_its_image_ids(trained_runs, tiny_coco, tmp
     from vision_tasks.cli import predict_main
 
     checkpoint = trained_runs["detect"] / "checkpoints" / "last.ckpt"
-    predict_main(["--coco", str(tiny_coco.val_json), "--images", str(tiny_coco.val_images),
-                  "--ckpt", str(checkpoint), "--output", str(tmp_path)])  # fmt: skip
+    predict_main(
+        [
+            "--coco",
+            str(tiny_coco.val_json),
+            "--images",
+            str(tiny_coco.val_images),
+            "--ckpt",
+            str(checkpoint),
+            "--output",
+            str(tmp_path),
+        ]
+    )
     truth = COCO(str(tiny_coco.val_json))
     files = json.loads((tmp_path / "files.json").read_text())
     assert {int(k): v.rsplit("/", 1)[-1] for k, v in files.items()} == {
@@ -86,14 +96,24 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     assert len(list((tmp_path / "runs" / "detect").iterdir())) == 4
 
 
-def test_fit_starts_from_the_backbone_of_another_tasks_checkpoint(trained_runs, data_args,
-                                                                  tmp_path, monkeypatch) -> None:
+def test_fit_starts_from_the_backbone_of_another_tasks_checkpoint(
+    trained_runs, data_args, tmp_path, monkeypatch
+) -> None:
     import torch
 
     monkeypatch.chdir(tmp_path)
     source = trained_runs["detect"] / "checkpoints" / "last.ckpt"
-    cli = train_main(["--task", "classify", *data_args, "--model.backbone_weights", str(source),
-                      "--trainer.fast_dev_run", "true"])
+    cli = train_main(
+        [
+            "--task",
+            "classify",
+            *data_args,
+            "--model.backbone_weights",
+            str(source),
+            "--trainer.fast_dev_run",
+            "true",
+        ]
+    )
     assert cli.model.hparams.backbone_weights == str(source)
     # fast_dev_run takes one optimiser step: the stem's BatchNorm statistics still match the
     # detector's running mean up to that step's momentum, far from a fresh init's zeros.
@@ -103,13 +123,29 @@ def test_fit_starts_from_the_backbone_of_another_tasks_checkpoint(trained_runs, 
     assert moved < 0.05 * start.abs().max()
 
 
-def test_evaluate_names_its_split_and_reads_only_that_file(trained_runs, tiny_coco, tmp_path,
-                                                           capsys) -> None:
+def test_evaluate_names_its_split_and_reads_only_that_file(
+    trained_runs, tiny_coco, tmp_path, capsys
+) -> None:
     best = sorted((trained_runs["detect"] / "checkpoints").glob("best-*.ckpt"))[-1]
     missing = tmp_path / "moved_away.json"  # the training file is not needed to evaluate
-    evaluate_main(["--task", "detect", "--ckpt", str(best), "--output", str(tmp_path / "a"),
-                   "--data.train_json", str(missing), "--data.test_json", str(tiny_coco.val_json),
-                   "--data.test_images", str(tiny_coco.val_images), "--split", "held-out"])
+    evaluate_main(
+        [
+            "--task",
+            "detect",
+            "--ckpt",
+            str(best),
+            "--output",
+            str(tmp_path / "a"),
+            "--data.train_json",
+            str(missing),
+            "--data.test_json",
+            str(tiny_coco.val_json),
+            "--data.test_images",
+            str(tiny_coco.val_images),
+            "--split",
+            "held-out",
+        ]
+    )
     name = tiny_coco.val_json.name
     assert f"== detect: evaluation on held-out ({name}) ==" in capsys.readouterr().out
     report = json.loads((tmp_path / "a" / "report.json").read_text())
@@ -117,18 +153,34 @@ def test_evaluate_names_its_split_and_reads_only_that_file(trained_runs, tiny_co
     assert f"- **split**: held-out ({name})" in (tmp_path / "a" / "report.md").read_text()
 
 
-def test_evaluate_refuses_a_test_split_with_other_categories(trained_runs, tiny_coco,
-                                                            tmp_path) -> None:
+def test_evaluate_refuses_a_test_split_with_other_categories(
+    trained_runs, tiny_coco, tmp_path
+) -> None:
     best = sorted((trained_runs["detect"] / "checkpoints").glob("best-*.ckpt"))[-1]
     data = json.loads(tiny_coco.val_json.read_text())
     data["categories"] = data["categories"][:-1]
     dropped = {c["id"] for c in json.loads(tiny_coco.val_json.read_text())["categories"]} - {
-        c["id"] for c in data["categories"]}
+        c["id"] for c in data["categories"]
+    }
     data["annotations"] = [a for a in data["annotations"] if a["category_id"] not in dropped]
     other = tmp_path / "fewer_classes.json"
     other.write_text(json.dumps(data))
-    with pytest.raises(SystemExit, match=r"fewer_classes.json: category ids .* differ from the "
-                                         r"checkpoint's"):
-        evaluate_main(["--task", "detect", "--ckpt", str(best), "--output", str(tmp_path / "b"),
-                       "--data.test_json", str(other),
-                       "--data.test_images", str(tiny_coco.val_images)])
+    with pytest.raises(
+        SystemExit,
+        match=r"fewer_classes.json: category ids .* differ from the "
+        r"checkpoint's",
+    ):
+        evaluate_main(
+            [
+                "--task",
+                "detect",
+                "--ckpt",
+                str(best),
+                "--output",
+                str(tmp_path / "b"),
+                "--data.test_json",
+                str(other),
+                "--data.test_images",
+                str(tiny_coco.val_images),
+            ]
+        )

@@ -576,9 +576,15 @@ def _edge_cases() -> dict:
         {"id": 4, "image_id": 1, "category_id": 7, "bbox": [-4, 10, 14, 30], "area": 420.0},
         {"id": 5, "image_id": 1, "category_id": 7, "bbox": [50, 5, 5, 5]},
         {"id": 6, "image_id": 2, "category_id": 99, "bbox": [15, 2, 10, 5]},
-        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8],
-         "keypoints": [3, 3, 2, 5, 36.5, 1], "num_keypoints": 2},
-    ]  # fmt: skip
+        {
+            "id": 7,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [2, 2, 8, 8],
+            "keypoints": [3, 3, 2, 5, 36.5, 1],
+            "num_keypoints": 2,
+        },
+    ]
     return data
 
 
@@ -589,8 +595,10 @@ def test_strict_refuses_edge_boxes_and_outside_keypoints_and_names_the_clip_poli
     assert "annotation id=4: field 'bbox': box [-4, 10, 14, 30] extends outside the 40x30" in (
         message
     )
-    assert ("annotation id=7: field 'keypoints': 1 labelled keypoint(s) outside the 40x30 image "
-            "(first: keypoint 1 at (5, 36.5))") in message  # fmt: skip
+    assert (
+        "annotation id=7: field 'keypoints': 1 labelled keypoint(s) outside the 40x30 image "
+        "(first: keypoint 1 at (5, 36.5))"
+    ) in message
     assert "--data.policy clip" in message
 
 

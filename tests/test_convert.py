@@ -49,8 +49,9 @@ def _tool():
 
 
 def _boxes(dataset: dict) -> list[tuple]:
-    return [(a["image_id"], a["category_id"], a["bbox"], a["iscrowd"])
-            for a in dataset["annotations"]]  # fmt: skip
+    return [
+        (a["image_id"], a["category_id"], a["bbox"], a["iscrowd"]) for a in dataset["annotations"]
+    ]
 
 
 # ---- Pascal VOC ---------------------------------------------------------------------------------
@@ -92,15 +93,21 @@ def test_voc_boxes_follow_detectron2_and_count_what_is_dropped(voc_root: Path) -
     dataset = voc_to_coco(voc_root)
     assert [c["name"] for c in dataset["categories"]] == ["cat", "dog"]  # sorted: ids 1, 2
     assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in dataset["images"]] == [
-        (1, "JPEGImages/a.jpg", 40, 30), (2, "JPEGImages/b.jpg", 40, 30),
-        (3, "JPEGImages/c.jpg", 40, 30)]  # fmt: skip
+        (1, "JPEGImages/a.jpg", 40, 30),
+        (2, "JPEGImages/b.jpg", 40, 30),
+        (3, "JPEGImages/c.jpg", 40, 30),
+    ]
     # x = xmin - 1, w = xmax - xmin + 1; the point box (7,7,7,7) is dropped, the edge box kept
-    assert _boxes(dataset) == [(1, 2, [0, 0, 10, 10], 0), (1, 1, [4, 5, 16, 11], 0),
-                               (2, 2, [29, 19, 16, 16], 0)]  # fmt: skip
+    assert _boxes(dataset) == [
+        (1, 2, [0, 0, 10, 10], 0),
+        (1, 1, [4, 5, 16, 11], 0),
+        (2, 2, [29, 19, 16, 16], 0),
+    ]
     assert [a["difficult"] for a in dataset["annotations"]] == [0, 1, 0]
     assert dataset["annotations"][1]["area"] == 16 * 11
     assert str(summarise("voc", dataset)) == (
-        "voc: 3 images, 3 boxes, 2 classes; difficult kept=1; dropped: degenerate boxes=1")
+        "voc: 3 images, 3 boxes, 2 classes; difficult kept=1; dropped: degenerate boxes=1"
+    )
 
 
 def test_voc_difficult_ignore_drop_classes_and_split(voc_root: Path, tmp_path: Path) -> None:
@@ -123,7 +130,8 @@ def test_voc_difficult_ignore_drop_classes_and_split(voc_root: Path, tmp_path: P
 def test_voc_splits_of_one_root_share_category_ids(voc_root: Path) -> None:
     # A bird only in d.xml, outside the train split: train must still number cat 2, dog 3.
     (voc_root / "Annotations" / "d.xml").write_text(
-        _voc_xml("d.jpg", (40, 30), [("bird", 1, 1, 9, 9, 0)]))
+        _voc_xml("d.jpg", (40, 30), [("bird", 1, 1, 9, 9, 0)])
+    )
     _image(voc_root / "JPEGImages" / "d.jpg", 40, 30)
     (voc_root / "ImageSets" / "Main" / "birds.txt").write_text("d\n")
     train, birds = voc_to_coco(voc_root, split="train"), voc_to_coco(voc_root, split="birds")
@@ -137,15 +145,19 @@ def test_voc_splits_of_one_root_share_category_ids(voc_root: Path) -> None:
     [
         (_voc_xml("a.jpg", None, []), r"a\.xml: field 'size/width': .*missing"),
         (_voc_xml("a.jpg", (40, 0), []), r"a\.xml: field 'size/height': .*got '0'"),
-        (_voc_xml("a.jpg", (40, 30), [("dog", "x", 1, 5, 5, 0)]),
-         r"a\.xml: object 1: field 'bndbox/xmin': expected a number, got 'x'"),
-        (_voc_xml("a.jpg", (40, 30), [("dog", 1, 1, 5, 5, 0), ("", 1, 1, 5, 5, 0)]),
-         r"a\.xml: object 2: field 'name'"),
+        (
+            _voc_xml("a.jpg", (40, 30), [("dog", "x", 1, 5, 5, 0)]),
+            r"a\.xml: object 1: field 'bndbox/xmin': expected a number, got 'x'",
+        ),
+        (
+            _voc_xml("a.jpg", (40, 30), [("dog", 1, 1, 5, 5, 0), ("", 1, 1, 5, 5, 0)]),
+            r"a\.xml: object 2: field 'name'",
+        ),
         (_voc_xml("a.jpg", (40, 30), [("dog", 1, 1, 5, 5, 2)]), r"field 'difficult'"),
         (_voc_xml("missing.jpg", (40, 30), []), r"a\.xml: field 'filename': .*missing\.jpg"),
         ("<annotation><size>", r"a\.xml: malformed XML"),
     ],
-)  # fmt: skip
+)
 def test_voc_bad_input_names_file_and_field(voc_root: Path, xml: str, match: str) -> None:
     (voc_root / "Annotations" / "a.xml").write_text(xml)
     with pytest.raises(CocoDataError, match=match):
@@ -164,11 +176,14 @@ def test_voc_refuses_unknown_classes_and_bad_split_lists(voc_root: Path) -> None
 
 def test_voc_tool_prints_one_summary_line_and_one_error_line(voc_root, tmp_path, capsys) -> None:
     tool = _tool()
-    out = tool.main(["voc", str(voc_root), "--difficult", "drop", "--output",
-                     str(tmp_path / "v.json")])  # fmt: skip
+    out = tool.main(
+        ["voc", str(voc_root), "--difficult", "drop", "--output", str(tmp_path / "v.json")]
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "voc: 3 images, 2 boxes, 2 classes; dropped: degenerate boxes=1, " \
-                       "difficult objects=1"  # fmt: skip
+    assert (
+        lines[0] == "voc: 3 images, 2 boxes, 2 classes; dropped: degenerate boxes=1, "
+        "difficult objects=1"
+    )
     assert lines[1] == f"wrote {out}; pass --data.*_images {voc_root}"
     (voc_root / "Annotations" / "b.xml").write_text(_voc_xml("b.jpg", None, []))
     with pytest.raises(SystemExit) as exit_info:
@@ -202,17 +217,25 @@ def test_yolo_boxes_polygons_and_counts(yolo_root: Path) -> None:
     dataset = yolo_to_coco(yolo_root, yolo_root / "data.yaml", split="train")
     assert [c["name"] for c in dataset["categories"]] == ["red", "blue"]  # class index + 1
     assert [i["file_name"] for i in dataset["images"]] == [
-        "images/train/p.jpg", "images/train/q.png", "images/train/r.jpg"]  # fmt: skip
+        "images/train/p.jpg",
+        "images/train/q.png",
+        "images/train/r.jpg",
+    ]
     # p is 40x20: cx .5 cy .5 w .5 h .5 -> [10, 5, 20, 10]; polygon -> (4,2) (24,2) (24,12)
-    assert _boxes(dataset) == [(1, 1, [10.0, 5.0, 20.0, 10.0], 0),
-                               (1, 2, [4.0, 2.0, 20.0, 10.0], 0)]  # fmt: skip
+    assert _boxes(dataset) == [
+        (1, 1, [10.0, 5.0, 20.0, 10.0], 0),
+        (1, 2, [4.0, 2.0, 20.0, 10.0], 0),
+    ]
     polygon = dataset["annotations"][1]["segmentation"]
     assert polygon == [[4.0, 2.0, 24.0, 2.0, 24.0, 12.0]]
     assert "segmentation" not in dataset["annotations"][0]
     assert 90 <= dataset["annotations"][1]["area"] <= 110  # triangle 20 x 10 / 2, rasterised
     assert dataset["info"]["marked"] == {"images without label file": 1}
     assert dataset["info"]["dropped"] == {
-        "non-image files": 1, "degenerate boxes": 1, "label files without image": 1}  # fmt: skip
+        "non-image files": 1,
+        "degenerate boxes": 1,
+        "label files without image": 1,
+    }
 
 
 def test_yolo_names_from_a_plain_file_and_the_flat_layout(tmp_path: Path) -> None:
@@ -224,8 +247,9 @@ def test_yolo_names_from_a_plain_file_and_the_flat_layout(tmp_path: Path) -> Non
     dataset = yolo_to_coco(root, root / "names.txt")
     assert [c["name"] for c in dataset["categories"]] == ["a", "b", "c"]
     assert _boxes(dataset) == [(1, 3, [4.0, 3.0, 2.0, 4.0], 0)]
-    index = CocoIndex(convert("yolo", root, tmp_path / "y.json", {"names": root / "names.txt"}),
-                      root)  # fmt: skip
+    index = CocoIndex(
+        convert("yolo", root, tmp_path / "y.json", {"names": root / "names.txt"}), root
+    )
     assert len(index.annotations(1)) == 1
 
 
@@ -241,7 +265,7 @@ def test_yolo_names_from_a_plain_file_and_the_flat_layout(tmp_path: Path) -> Non
         ("1 0.1 0.1 0.5 0.1 0.5 -0.3", r"p\.txt:2: field 'y3': value -0.3 is outside"),
         ("0 0.5 0.5 0.5 nan", r"p\.txt:2: field 'h'"),
     ],
-)  # fmt: skip
+)
 def test_yolo_bad_label_lines_name_file_line_and_field(yolo_root: Path, line, match) -> None:
     (yolo_root / "labels/train/p.txt").write_text(f"0 0.5 0.5 0.5 0.5\n{line}\n")
     with pytest.raises(CocoDataError, match=match):
@@ -274,8 +298,11 @@ def test_imagefolder_gives_one_full_image_label_per_image(tmp_path: Path) -> Non
     assert [c["name"] for c in dataset["categories"]] == ["cat", "dog"]
     files = [i["file_name"] for i in dataset["images"]]
     assert files == ["cat/1.jpg", "cat/sub/2.png", "dog/3.jpg"]
-    assert _boxes(dataset) == [(1, 1, [0, 0, 16, 12], 0), (2, 1, [0, 0, 8, 8], 0),
-                               (3, 2, [0, 0, 30, 20], 0)]  # fmt: skip
+    assert _boxes(dataset) == [
+        (1, 1, [0, 0, 16, 12], 0),
+        (2, 1, [0, 0, 8, 8], 0),
+        (3, 2, [0, 0, 30, 20], 0),
+    ]
     assert dataset["info"]["dropped"] == {"files outside class folders": 1, "non-image files": 1}
     samples = ClassifyDataset(CocoIndex(out, root), 16, train=False, mode="image")
     assert [samples[i]["label"] for i in range(3)] == [0, 0, 1]
@@ -306,7 +333,8 @@ def mot_sequence(tmp_path: Path) -> Path:
         _image(root / f"img1/{frame:06d}.jpg", 32, 24)
     (root / "seqinfo.ini").write_text(
         "[Sequence]\nname=MOT17-99\nimDir=img1\nframeRate=30\nseqLength=4\n"
-        "imWidth=32\nimHeight=24\nimExt=.jpg\n")  # fmt: skip
+        "imWidth=32\nimHeight=24\nimExt=.jpg\n"
+    )
     (root / "gt").mkdir()
     (root / "gt/gt.txt").write_text(MOT17_GT)
     return root
@@ -316,11 +344,15 @@ def test_mot17_classes_as_trackeval_reads_them(mot_sequence: Path) -> None:
     dataset = mot_to_coco(mot_sequence, chunks=2, min_visibility=0.5)
     images = dataset["images"]
     assert [(i["file_name"], i["frame"], i["camera_id"]) for i in images] == [
-        ("img1/000001.jpg", 1, 1), ("img1/000002.jpg", 2, 1),
-        ("img1/000003.jpg", 3, 2), ("img1/000004.jpg", 4, 2)]  # fmt: skip
+        ("img1/000001.jpg", 1, 1),
+        ("img1/000002.jpg", 2, 1),
+        ("img1/000003.jpg", 3, 2),
+        ("img1/000004.jpg", 4, 2),
+    ]
     assert {i["sequence"] for i in images} == {"MOT17-99"}
-    found = [(a["image_id"], a["track_id"], a["bbox"], a["iscrowd"])
-             for a in dataset["annotations"]]  # fmt: skip
+    found = [
+        (a["image_id"], a["track_id"], a["bbox"], a["iscrowd"]) for a in dataset["annotations"]
+    ]
     assert found == [
         (1, 1, [2, 3, 10, 12], 0),
         (1, 2, [-4, 5, 10, 10], 1),  # visibility 0.2 < 0.5; edge-crossing box kept as written
@@ -330,8 +362,11 @@ def test_mot17_classes_as_trackeval_reads_them(mot_sequence: Path) -> None:
         (4, 2, [6, 4, 8, 9], 0),
     ]  # car (class 3) and the zero-width box are dropped
     assert dataset["categories"] == [{"id": 1, "name": "person", "supercategory": "person"}]
-    assert dataset["info"]["marked"] == {"below min visibility as iscrowd": 1,
-                                         "distractors as iscrowd": 2, "zero-marked as iscrowd": 1}
+    assert dataset["info"]["marked"] == {
+        "below min visibility as iscrowd": 1,
+        "distractors as iscrowd": 2,
+        "zero-marked as iscrowd": 1,
+    }
     assert dataset["info"]["dropped"] == {"non-pedestrian classes": 1, "degenerate boxes": 1}
     assert mot_to_coco(mot_sequence)["annotations"][1]["iscrowd"] == 0  # default visibility 0
 
@@ -352,7 +387,8 @@ def test_mot_sequence_without_seqinfo_and_with_a_bad_one(mot_sequence: Path) -> 
     (mot_sequence / "img1/000005.png").write_bytes(b"")  # not a .jpg: not a frame
     dataset = mot_to_coco(mot_sequence)  # name from the folder, 4 frames, size from the header
     assert [(i["sequence"], i["width"], i["height"]) for i in dataset["images"]] == [
-        ("MOT17-99", 32, 24)] * 4  # fmt: skip
+        ("MOT17-99", 32, 24)
+    ] * 4
     (mot_sequence / "seqinfo.ini").write_text("[Sequence]\nseqLength=many\n")
     with pytest.raises(CocoDataError, match=r"seqinfo\.ini: field 'seqlength': .*'many'"):
         mot_to_coco(mot_sequence)
@@ -371,7 +407,7 @@ def test_mot_sequence_without_seqinfo_and_with_a_bad_one(mot_sequence: Path) -> 
         ("4,2,2,3,10,12,1,1,1", r"gt\.txt:9: field 'id': identity 2 is already in frame 4"),
         ("5,9,2,3,10,12,1,1,1", r"gt\.txt:9: field 'frame': frame 5 is beyond .* 4 frames"),
     ],
-)  # fmt: skip
+)
 def test_mot_bad_gt_lines_name_file_line_and_field(mot_sequence: Path, line, match) -> None:
     (mot_sequence / "gt/gt.txt").write_text(MOT17_GT + line + "\n")
     with pytest.raises(CocoDataError, match=match):
@@ -387,8 +423,10 @@ def _video(path: Path, frames: int, width: int = 64, height: int = 48) -> Path:
 
 
 # MOT15 columns: frame,id,x,y,w,h,conf,world x,y,z (every row a pedestrian)
-MOT15_GT = "1,1,3,4,20,30,1,-1,-1,-1\n1,2,40,5,30,40.5,1,-1,-1,-1\n3,1,4.25,4,20,30,1,-1,-1,-1\n" \
-           "6,2,50,6,20,44,1,2.5,3.1,0\n"  # fmt: skip
+MOT15_GT = (
+    "1,1,3,4,20,30,1,-1,-1,-1\n1,2,40,5,30,40.5,1,-1,-1,-1\n3,1,4.25,4,20,30,1,-1,-1,-1\n"
+    "6,2,50,6,20,44,1,2.5,3.1,0\n"
+)
 
 
 def test_mot_video_frames_chunks_and_the_way_back(tmp_path: Path) -> None:
@@ -399,10 +437,15 @@ def test_mot_video_frames_chunks_and_the_way_back(tmp_path: Path) -> None:
     assert [i["camera_id"] for i in dataset["images"]] == [1, 1, 2, 2, 3, 3]
     assert dataset["images"][5]["file_name"] == "walk/000006.jpg"
     assert (tmp_path / "frames/walk/000006.jpg").is_file()
-    found = [(a["image_id"], a["track_id"], a["bbox"], a["iscrowd"])
-             for a in dataset["annotations"]]  # fmt: skip
-    assert found == [(1, 1, [3, 4, 20, 30], 0), (1, 2, [40, 5, 30, 40.5], 0),
-                     (3, 1, [4.25, 4, 20, 30], 0), (6, 2, [50, 6, 20, 44], 0)]  # fmt: skip
+    found = [
+        (a["image_id"], a["track_id"], a["bbox"], a["iscrowd"]) for a in dataset["annotations"]
+    ]
+    assert found == [
+        (1, 1, [3, 4, 20, 30], 0),
+        (1, 2, [40, 5, 30, 40.5], 0),
+        (3, 1, [4.25, 4, 20, 30], 0),
+        (6, 2, [50, 6, 20, 44], 0),
+    ]
     assert "info" in dataset and "dropped" not in dataset["info"]
     back = write_mot(dataset["images"], dataset["annotations"], tmp_path / "back.txt")
     written = np.loadtxt(back, delimiter=",")
@@ -418,15 +461,18 @@ def test_mot_tool_puts_video_frames_beside_the_output(tmp_path: Path, capsys) ->
     out = tmp_path / "out/walk.json"
     _tool().main(["mot", str(video), "--gt", str(gt), "--chunks", "2", "--output", str(out)])
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["mot: 6 images, 4 boxes, 1 class; dropped: nothing",
-                     f"wrote {out}; pass --data.*_images {tmp_path / 'out/walk_frames'}"]
+    assert lines == [
+        "mot: 6 images, 4 boxes, 1 class; dropped: nothing",
+        f"wrote {out}; pass --data.*_images {tmp_path / 'out/walk_frames'}",
+    ]
     index = CocoIndex(out, tmp_path / "out/walk_frames", policy="skip")  # 2 boxes cross the edge
     assert index.skipped == {"bbox outside image": 2} and index.image_path(6).is_file()
     gt.write_text("1,1,3,4,20\n")
     with pytest.raises(SystemExit) as exit_info:
         _tool().main(["mot", str(video), "--gt", str(gt), "--output", str(out)])
     assert str(exit_info.value) == (
-        f"error: {gt}:1: expected at least 6 comma-separated fields (frame,id,x,y,w,h,...), got 5")
+        f"error: {gt}:1: expected at least 6 comma-separated fields (frame,id,x,y,w,h,...), got 5"
+    )
     gt.write_text(MOT15_GT)
     with pytest.raises(CocoDataError, match="none.avi: no such sequence folder or video file"):
         mot_to_coco(tmp_path / "none.avi", gt=gt, frames=tmp_path / "f")
@@ -448,17 +494,24 @@ def coco_json(tmp_path: Path) -> Path:
     _image(root / "sub/b.png", 50, 40)
     polygon = [10.5, 8.25, 30.75, 8.25, 30.75, 20.125, 12.0, 22.5]
     dataset = {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
-                   {"id": 5, "file_name": "sub/b.png", "width": 50, "height": 40}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+            {"id": 5, "file_name": "sub/b.png", "width": 50, "height": 40},
+        ],
         "categories": [{"id": 7, "name": "kite"}, {"id": 3, "name": "car"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1.125, 2.3, 20.7, 10.01]},
-            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [10.5, 8.25, 20.25, 14.25],
-             "segmentation": [polygon]},
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [10.5, 8.25, 20.25, 14.25],
+                "segmentation": [polygon],
+            },
             {"id": 3, "image_id": 5, "category_id": 3, "bbox": [0, 0, 50, 40], "iscrowd": 1},
             {"id": 4, "image_id": 5, "category_id": 7, "bbox": [33.3, 0.001, 16.7, 39.999]},
         ],
-    }  # fmt: skip
+    }
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(dataset))
     return path
@@ -500,8 +553,9 @@ def test_coco_to_yolo_segments_write_polygons_and_box_outlines(coco_json, tmp_pa
 
 def test_coco2yolo_tool(coco_json: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "y"
-    _tool().main(["coco2yolo", str(coco_json), "--images", str(tmp_path / "coco"),
-                  "--output", str(out)])  # fmt: skip
+    _tool().main(
+        ["coco2yolo", str(coco_json), "--images", str(tmp_path / "coco"), "--output", str(out)]
+    )
     assert capsys.readouterr().out.splitlines()[0].startswith("coco2yolo: 2 images, 3 boxes")
     assert sorted(p.name for p in (out / "labels").rglob("*.txt")) == ["a.txt", "b.txt"]
 
@@ -518,8 +572,9 @@ def _bccd_expected(stems: list[str]) -> list[list]:
     for stem in stems:
         boxes = []
         for obj in ET.parse(BCCD / "Annotations" / f"{stem}.xml").getroot().iter("object"):
-            x0, y0, x1, y1 = (float(obj.find(f"bndbox/{k}").text)
-                              for k in ("xmin", "ymin", "xmax", "ymax"))  # fmt: skip
+            x0, y0, x1, y1 = (
+                float(obj.find(f"bndbox/{k}").text) for k in ("xmin", "ymin", "xmax", "ymax")
+            )
             if x1 > x0 and y1 > y0:
                 name = obj.find("name").text.strip()
                 boxes.append([name, x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1])
@@ -544,11 +599,14 @@ def test_real_bccd_every_valid_box_arrives(split: str | None, tmp_path: Path) ->
         found[ann["image_id"] - 1].append([names[ann["category_id"]], *ann["bbox"]])
     expected = _bccd_expected(stems)
     assert found == expected
-    total = sum(len(list(ET.parse(BCCD / "Annotations" / f"{s}.xml").getroot().iter("object")))
-                for s in stems)  # fmt: skip
+    total = sum(
+        len(list(ET.parse(BCCD / "Annotations" / f"{s}.xml").getroot().iter("object")))
+        for s in stems
+    )
     degenerate = total - sum(map(len, expected))
     assert dataset["info"].get("dropped", {}) == (
-        {"degenerate boxes": degenerate} if degenerate else {})  # fmt: skip
+        {"degenerate boxes": degenerate} if degenerate else {}
+    )
     if split == "test":
         assert len(CocoIndex(out, BCCD)) == len(stems)  # strict: every record and header valid
 

@@ -45,8 +45,9 @@ def test_assigner_picks_best_aligned_points_inside_the_box() -> None:
     pred[0] = torch.tensor(gt[0])  # point (4, 4) predicts the box exactly
     pred[5] = torch.tensor([2.0, 2, 16, 16])  # point (12, 12) nearly
     scores = torch.full((1, 16, 2), 0.5)
-    fg, boxes, target_scores = task_aligned_assign(scores, pred[None], points,
-                                                   _targets([gt], [[1]]), top_k=2)  # fmt: skip
+    fg, boxes, target_scores = task_aligned_assign(
+        scores, pred[None], points, _targets([gt], [[1]]), top_k=2
+    )
     assert fg[0].nonzero().flatten().tolist() == [0, 5]
     torch.testing.assert_close(boxes[0, 0], torch.tensor(gt[0]))
     # Class 1 only; the best point's target equals its IoU (1.0), the other is scaled below it.
@@ -60,8 +61,7 @@ def test_point_claimed_by_two_objects_goes_to_the_one_it_overlaps_most() -> None
     gt = [[0.0, 0.0, 20.0, 20.0], [5.0, 5.0, 40.0, 40.0]]
     pred = torch.tensor([[[5.0, 5.0, 38.0, 38.0]]])
     scores = torch.full((1, 1, 2), 0.5)
-    fg, boxes, target_scores = task_aligned_assign(scores, pred, points,
-                                                   _targets([gt], [[0, 1]]))  # fmt: skip
+    fg, boxes, target_scores = task_aligned_assign(scores, pred, points, _targets([gt], [[0, 1]]))
     assert fg.item() and boxes[0, 0].tolist() == gt[1] and target_scores[0, 0, 1] > 0
 
 
@@ -70,8 +70,9 @@ def test_crowd_boxes_are_never_positive_and_ignored_by_class_loss() -> None:
     targets = _targets([[[0.0, 0.0, 32.0, 32.0]]], [[0]], crowd=[[True]])
     regression = torch.zeros(1, 16, 4)
     scores = torch.full((1, 16, 2), 0.9)
-    fg, _, _ = task_aligned_assign(scores, decode_boxes(points, strides, regression), points,
-                                   targets)  # fmt: skip
+    fg, _, _ = task_aligned_assign(
+        scores, decode_boxes(points, strides, regression), points, targets
+    )
     assert not fg.any()
     logits = torch.full((1, 16, 2), 3.0, requires_grad=True)
     loss = detection_loss(logits, regression, points, strides, targets)
@@ -98,8 +99,7 @@ def test_letterbox_round_trip_within_one_pixel(tiny_coco) -> None:
         sample = dataset[i]
         anns = index.annotations(sample["image_id"])
         original = ops.xywh_to_xyxy(torch.tensor([a["bbox"] for a in anns]).reshape(-1, 4))
-        back = ops.unletterbox_boxes(sample["boxes_xyxy"].double(), sample["scale"],
-                                     *sample["pad"])  # fmt: skip
+        back = ops.unletterbox_boxes(sample["boxes_xyxy"].double(), sample["scale"], *sample["pad"])
         assert torch.allclose(back, original.double(), atol=1.0)
 
 
@@ -131,8 +131,12 @@ def _pycocotools_stats(gt_json: str, results_json: str) -> list[float]:
 def test_ground_truth_as_predictions_gives_ap_one(tiny_coco) -> None:
     index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
     results = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-         "score": 1.0}
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+        }
         for a in index.coco.dataset["annotations"]
     ]
     stats = coco_evaluate(index, results, "bbox").stats
@@ -146,12 +150,17 @@ def test_perturbed_predictions_match_pycocotools_exactly(tiny_coco, tmp_path) ->
     for a in index.coco.dataset["annotations"]:
         x, y, w, h = a["bbox"]
         jitter = rng.normal(0, 0.15, 4) * [w, h, w, h]
-        results.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                        "bbox": [x + jitter[0], y + jitter[1],
-                                 w + abs(jitter[2]), h + abs(jitter[3])],
-                        "score": float(rng.uniform(0.1, 1.0))})  # fmt: skip
-    results.append({"image_id": index.image_ids[0], "category_id": 3, "bbox": [1, 1, 5, 5],
-                    "score": 0.99})  # a confident false positive  # fmt: skip
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [x + jitter[0], y + jitter[1], w + abs(jitter[2]), h + abs(jitter[3])],
+                "score": float(rng.uniform(0.1, 1.0)),
+            }
+        )
+    results.append(
+        {"image_id": index.image_ids[0], "category_id": 3, "bbox": [1, 1, 5, 5], "score": 0.99}
+    )  # a confident false positive
     ours = coco_evaluate(index, results, "bbox").stats
     reference = _pycocotools_stats(str(tiny_coco.val_json), _write(tmp_path / "r.json", results))
     assert [ours[name] for name in BOX_STATS] == reference
@@ -161,26 +170,44 @@ def test_perturbed_predictions_match_pycocotools_exactly(tiny_coco, tmp_path) ->
 def test_decode_maps_to_original_pixels_and_category_ids() -> None:
     model = DetectTask(categories=CATEGORIES, image_size=64).eval()
     points = torch.tensor([[32.0, 32.0]])
-    outputs = {"cls_logits": torch.tensor([[[-9.0, 5.0]]]), "box_regression": torch.zeros(1, 1, 4),
-               "points": points, "strides": torch.full((1, 1), 8.0)}  # fmt: skip
+    outputs = {
+        "cls_logits": torch.tensor([[[-9.0, 5.0]]]),
+        "box_regression": torch.zeros(1, 1, 4),
+        "points": points,
+        "strides": torch.full((1, 1), 8.0),
+    }
     # Original 200x100 (W x H) image letterboxed into 64: scale 0.32, pad_y 16.
     scale, pad_x, pad_y = ops.letterbox_params(100, 200, 64)
-    batch = {"image_id": torch.tensor([7]), "scale": torch.tensor([scale]),
-             "pad": torch.tensor([[pad_x, pad_y]]),
-             "orig_size": torch.tensor([[100, 200]])}  # fmt: skip
+    batch = {
+        "image_id": torch.tensor([7]),
+        "scale": torch.tensor([scale]),
+        "pad": torch.tensor([[pad_x, pad_y]]),
+        "orig_size": torch.tensor([[100, 200]]),
+    }
     prediction = model.decode(outputs, batch)[0]
     distance = float(torch.nn.functional.softplus(torch.tensor(0.0))) * 8
-    expected = torch.tensor([(32 - distance - pad_x) / scale, (32 - distance - pad_y) / scale,
-                             2 * distance / scale, 2 * distance / scale])  # fmt: skip
+    expected = torch.tensor(
+        [
+            (32 - distance - pad_x) / scale,
+            (32 - distance - pad_y) / scale,
+            2 * distance / scale,
+            2 * distance / scale,
+        ]
+    )
     torch.testing.assert_close(prediction["bbox"][0], expected, atol=1e-3, rtol=0)
     assert prediction["category_id"].tolist() == [3] and prediction["image_id"] == 7
 
 
 def test_few_steps_on_one_batch_halve_the_loss(tiny_coco) -> None:
     torch.manual_seed(0)
-    data = DetectData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                      str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=96,
-                      num_workers=0)  # fmt: skip
+    data = DetectData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=96,
+        num_workers=0,
+    )
     dataset = data.build_dataset(data.index("val"), train=False)
     batch = data.collate([dataset[i] for i in range(4)])
     model = DetectTask(categories=data.categories, image_size=96, neck_width=32)

@@ -19,18 +19,39 @@ DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.acceler
 @pytest.mark.parametrize("task", ["detect", "reid"])
 def test_two_process_run_reports_what_one_process_computes(task, data_args, tmp_path) -> None:
     command = [
-        sys.executable, str(ROOT / "tools" / "train.py"), "--task", task, *data_args, *DDP,
-        "--data.batch_size", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "tools" / "train.py"),
+        "--task",
+        task,
+        *data_args,
+        *DDP,
+        "--data.batch_size",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     # The timeout only guards against a hang: on a machine shared with heavy work runs are slow.
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = (tmp_path / "runs" / task).iterdir()
     distributed = json.loads((run / "report" / "report.json").read_text())
     [best] = (run / "checkpoints").glob("best-*.ckpt")
-    single = evaluate_main(["--task", task, "--ckpt", str(best), "--output", str(tmp_path / "one"),
-                            "--accelerator", "cpu"])  # fmt: skip
+    single = evaluate_main(
+        [
+            "--task",
+            task,
+            "--ckpt",
+            str(best),
+            "--output",
+            str(tmp_path / "one"),
+            "--accelerator",
+            "cpu",
+        ]
+    )
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     # Every sample evaluated exactly once across the 2 ranks: none lost, none doubled.
     for count in COUNTS[task]:

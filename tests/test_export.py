@@ -57,8 +57,19 @@ def test_onnx_matches_torch_and_predict_agrees(trained_runs, tiny_coco, task, tm
     assert check["max_abs_diff"] <= 1e-4 * max(1.0, check["max_abs_output"])
     images = [str(tiny_coco.val_images)]
     predict_main([*images, "--ckpt", str(checkpoint), "--output", str(tmp_path / "torch")])
-    predict_main([*images, "--ckpt", str(checkpoint), "--output", str(tmp_path / "onnx"),
-                  "--engine", "onnx", "--onnx", str(onnx_path)])  # fmt: skip
+    predict_main(
+        [
+            *images,
+            "--ckpt",
+            str(checkpoint),
+            "--output",
+            str(tmp_path / "onnx"),
+            "--engine",
+            "onnx",
+            "--onnx",
+            str(onnx_path),
+        ]
+    )
     by_torch = json.loads((tmp_path / "torch" / "results.json").read_text())
     by_onnx = json.loads((tmp_path / "onnx" / "results.json").read_text())
     assert by_torch, "no predictions to compare"
@@ -75,8 +86,9 @@ def test_onnx_matches_torch_and_predict_agrees(trained_runs, tiny_coco, task, tm
             maps = np.array(a["label_map"]), np.array(b["label_map"])
             assert maps[0].shape == maps[1].shape and (maps[0] != maps[1]).mean() <= 1e-3
             # The classes covering more than a few pixels are the same (and so the segments).
-            present = [{int(c) for c, n in zip(*np.unique(m, return_counts=True)) if n >= 50}
-                       for m in maps]  # fmt: skip
+            present = [
+                {int(c) for c, n in zip(*np.unique(m, return_counts=True)) if n >= 50} for m in maps
+            ]
             assert present[0] == present[1]
     elif task == "homography":
         _assert_network_matches_on_predict_inputs(checkpoint, onnx_path, tiny_coco.val_images)
@@ -88,8 +100,9 @@ def test_onnx_matches_torch_and_predict_agrees(trained_runs, tiny_coco, task, tm
 def _assert_network_matches_on_predict_inputs(checkpoint, onnx_path, folder) -> None:
     """What the export must preserve, tightly: the network's outputs on the inputs predict made."""
     model = load_task_checkpoint(checkpoint)
-    images = torch.stack([model.predict_sample(read_image(p))["image"]
-                          for p in sorted(folder.iterdir())])  # fmt: skip
+    images = torch.stack(
+        [model.predict_sample(read_image(p))["image"] for p in sorted(folder.iterdir())]
+    )
     with torch.inference_mode():
         reference = model(images)
         difference = max_abs_difference(reference, OnnxRunner(onnx_path)(images))

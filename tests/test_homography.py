@@ -55,8 +55,9 @@ def test_four_point_to_homography_matches_opencv_batched() -> None:
         reference = cv2.getPerspectiveTransform(src[i].float().numpy(), dst[i].float().numpy())
         np.testing.assert_allclose(ours[i].numpy(), reference, atol=1e-4, rtol=0)
     # Any leading batch shape, and float32 in -> float32 out.
-    nested = ops.four_point_to_homography(src.float().reshape(4, 8, 4, 2),
-                                          dst.float().reshape(4, 8, 4, 2))  # fmt: skip
+    nested = ops.four_point_to_homography(
+        src.float().reshape(4, 8, 4, 2), dst.float().reshape(4, 8, 4, 2)
+    )
     assert nested.dtype == torch.float32
     torch.testing.assert_close(nested.reshape(32, 3, 3).double(), ours, atol=1e-3, rtol=1e-4)
 
@@ -77,10 +78,15 @@ def test_warp_perspective_matches_opencv() -> None:
     images = torch.from_numpy(image)[None, None].expand(3, 1, 60, 80)
     ours = ops.warp_perspective(images, homographies.float(), (50, 70))
     for i in range(3):
-        reference = cv2.warpPerspective(image, homographies[i].numpy(), (70, 50),
-                                        flags=cv2.INTER_LINEAR)  # fmt: skip
-        inside = cv2.warpPerspective(np.ones_like(image), homographies[i].numpy(), (70, 50),
-                                     flags=cv2.INTER_NEAREST) > 0  # fmt: skip
+        reference = cv2.warpPerspective(
+            image, homographies[i].numpy(), (70, 50), flags=cv2.INTER_LINEAR
+        )
+        inside = (
+            cv2.warpPerspective(
+                np.ones_like(image), homographies[i].numpy(), (70, 50), flags=cv2.INTER_NEAREST
+            )
+            > 0
+        )
         inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         np.testing.assert_allclose(ours[i, 0].numpy()[inside], reference[inside], atol=0.05)
 
@@ -115,8 +121,9 @@ def test_patch_b_shows_the_image_at_the_true_homography() -> None:
     probe = np.random.default_rng(5)
     _, _, corners, origin = random_pair(np.zeros((240, 320), np.uint8), probe, 128, 32.0)
     homography = ops.corners_to_homography(torch.from_numpy(corners)[None].double(), 128)[0]
-    targets = torch.tensor([[30.0, 30.0], [97.0, 30.0], [97.0, 97.0], [30.0, 97.0], [64, 64]],
-                           dtype=torch.float64)  # fmt: skip
+    targets = torch.tensor(
+        [[30.0, 30.0], [97.0, 30.0], [97.0, 97.0], [30.0, 97.0], [64, 64]], dtype=torch.float64
+    )
     gray = np.zeros((240, 320), np.uint8)
     for point in ops.apply_homography(homography, targets).numpy() + origin:
         cv2.circle(gray, tuple(int(round(v)) for v in point), 2, 255, -1)
@@ -134,8 +141,16 @@ def test_same_seed_gives_the_same_validation_pairs(tiny_coco) -> None:
     def pairs(pair_seed: int, train: bool = False) -> list[dict]:
         index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
         # pairs_per_image applies to training only: evaluation keeps one fixed pair per image.
-        dataset = HomographyDataset(index, 64, train, patch_size=48, rho=12.0, resize=(96, 80),
-                                    pair_seed=pair_seed, pairs_per_image=3)  # fmt: skip
+        dataset = HomographyDataset(
+            index,
+            64,
+            train,
+            patch_size=48,
+            rho=12.0,
+            resize=(96, 80),
+            pair_seed=pair_seed,
+            pairs_per_image=3,
+        )
         assert len(dataset) == len(index.image_ids) * (3 if train else 1)
         return [dataset[i] for i in range(len(dataset))]
 
@@ -155,8 +170,16 @@ def test_same_seed_gives_the_same_validation_pairs(tiny_coco) -> None:
 
 def test_refinement_pairs_carry_the_corners_of_what_the_network_sees(tiny_coco) -> None:
     index = CocoIndex(tiny_coco.train_json, tiny_coco.train_images)
-    dataset = HomographyDataset(index, 48, True, patch_size=48, rho=12.0, resize=(96, 80),
-                                refine_fraction=1.0, refine_jitter=6.0)  # fmt: skip
+    dataset = HomographyDataset(
+        index,
+        48,
+        True,
+        patch_size=48,
+        rho=12.0,
+        resize=(96, 80),
+        refine_fraction=1.0,
+        refine_jitter=6.0,
+    )
     torch.manual_seed(0)
     samples = [dataset[i] for i in range(6)]
     images = torch.stack([s["image"] for s in samples])
@@ -166,8 +189,10 @@ def test_refinement_pairs_carry_the_corners_of_what_the_network_sees(tiny_coco) 
     assert offsets.max() < 3 * 6.0 and offsets.mean() > 0.5
     inside = slice(12, 36)
     identity = ops.square_corners(48).expand_as(corners)
-    gaps = [(ops.align_second_patch(images, c, 48)[:, 1] - images[:, 0])[:, inside, inside]
-            .abs().mean() for c in (corners, identity)]  # fmt: skip
+    gaps = [
+        (ops.align_second_patch(images, c, 48)[:, 1] - images[:, 0])[:, inside, inside].abs().mean()
+        for c in (corners, identity)
+    ]
     assert gaps[0] < 0.6 * gaps[1], gaps
 
 
@@ -275,8 +300,10 @@ def test_refinement_composes_the_residual_after_the_first_estimate(monkeypatch) 
     corners = model.estimate_corners(first, torch.zeros(1, 2, 32, 32))[0].double().numpy()
     # Oracle: OpenCV; patch B = A seen through H, and the aligned B through R = H H1^-1.
     square = ops.square_corners(48).numpy()
-    h1, h2 = (cv2.getPerspectiveTransform(square, square + 12 * o.reshape(4, 2).numpy())
-              for o in (first, second))  # fmt: skip
+    h1, h2 = (
+        cv2.getPerspectiveTransform(square, square + 12 * o.reshape(4, 2).numpy())
+        for o in (first, second)
+    )
     expected = cv2.perspectiveTransform(square[None].astype(np.float64), h2 @ h1)[0]
     np.testing.assert_allclose(corners, expected, atol=1e-3)
     assert np.abs(corners - (square + 12 * first.reshape(4, 2).numpy())).max() > 1
@@ -286,20 +313,26 @@ def test_decode_and_predict_write_consistent_corners(model: HomographyTask, tmp_
     image = cv2.cvtColor(_texture(np.random.default_rng(7), 160, 120), cv2.COLOR_GRAY2RGB)
     samples = [model.predict_sample(image), model.predict_sample(image)]
     assert torch.equal(samples[0]["corners"], samples[1]["corners"])  # seeded by the image
-    batch = {"image": torch.stack([s["image"] for s in samples]), "image_id": [1, 2],
-             "corners": [s["corners"] for s in samples]}  # fmt: skip
+    batch = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "image_id": [1, 2],
+        "corners": [s["corners"] for s in samples],
+    }
     with torch.no_grad():
         assert model(batch["image"]).shape == (2, 8)  # predict_sample's input fits the network
     # decode alone, on outputs worked out by hand: offsets / rho, rho = 12, x0 y0 ... x3 y3.
     outputs = torch.tensor([[0.25, -0.5, 1.0, 0.0, -1.0, 0.75, 0.5, 0.25]]).expand(2, 8)
     predictions = model.decode(outputs, batch)
     corners = torch.tensor(predictions[0]["corners"], dtype=torch.float64)
-    by_hand = torch.tensor([[3.0, -6.0], [47 + 12.0, 0.0], [47 - 12.0, 47 + 9.0], [6.0, 47 + 3.0]],
-                           dtype=torch.float64)  # fmt: skip
+    by_hand = torch.tensor(
+        [[3.0, -6.0], [47 + 12.0, 0.0], [47 - 12.0, 47 + 9.0], [6.0, 47 + 3.0]], dtype=torch.float64
+    )
     torch.testing.assert_close(corners, by_hand, atol=1e-6, rtol=0)
     assert predictions[0]["offsets"] == pytest.approx((outputs[0] * 12).tolist())
-    mapped = ops.apply_homography(torch.tensor(predictions[0]["homography"], dtype=torch.float64),
-                                  ops.square_corners(48, torch.float64))  # fmt: skip
+    mapped = ops.apply_homography(
+        torch.tensor(predictions[0]["homography"], dtype=torch.float64),
+        ops.square_corners(48, torch.float64),
+    )
     torch.testing.assert_close(mapped, corners, atol=1e-6, rtol=0)
     truth = samples[0]["corners"].double()
     expected_error = float((corners - truth).norm(dim=1).mean())
@@ -330,8 +363,9 @@ def test_weighted_dlt_matches_opencv_on_exact_correspondences_and_ignores_zero_w
     corrupted = mapped.clone()
     corrupted[:, :8] += 50.0
     weights[:, :8] = 0.0
-    np.testing.assert_allclose(ops.weighted_dlt(points, corrupted, weights).numpy(), estimate,
-                               rtol=0, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        ops.weighted_dlt(points, corrupted, weights).numpy(), estimate, rtol=0, atol=1e-6
+    )
     unweighted = ops.weighted_dlt(points, corrupted, torch.ones(3, 40)).numpy()
     assert np.abs(unweighted - estimate).max() > 1e-3
 
@@ -362,8 +396,9 @@ def test_correlation_of_features_and_their_shifted_copy_peaks_at_the_shift() -> 
     grid = ops.cell_grid(10, 10)
     inside = ((grid + torch.tensor(shift) >= 0) & (grid + torch.tensor(shift) <= 9)).all(-1)
     expected = grid + torch.tensor(shift, dtype=torch.float32)
-    torch.testing.assert_close(matches[:, inside], expected[inside].expand(2, -1, -1),
-                               atol=1e-3, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        matches[:, inside], expected[inside].expand(2, -1, -1), atol=1e-3, rtol=0
+    )
     assert confidence[:, inside].min() > 0.99 and logits.shape == (2, 100, 100)
 
 
@@ -385,14 +420,22 @@ def test_correlation_loss_prefers_the_true_match_and_skips_cells_that_left_patch
     far[0, 0] = torch.tensor([-5.0, 2.0])
     wrong = target.clone()
     wrong[0, 0] = 100.0
-    assert correlation_loss(good, wrong, far, 4) == pytest.approx(float(
-        correlation_loss(good, target.clone(), far, 4)), abs=1e-5)  # fmt: skip
+    assert correlation_loss(good, wrong, far, 4) == pytest.approx(
+        float(correlation_loss(good, target.clone(), far, 4)), abs=1e-5
+    )
 
 
 def _correlation_model(**kwargs) -> HomographyTask:
     torch.manual_seed(0)
-    return HomographyTask(image_size=64, patch_size=64, rho=16.0, architecture="correlation",
-                          feature_level="c3", embed_channels=16, **kwargs).eval()  # fmt: skip
+    return HomographyTask(
+        image_size=64,
+        patch_size=64,
+        rho=16.0,
+        architecture="correlation",
+        feature_level="c3",
+        embed_channels=16,
+        **kwargs,
+    ).eval()
 
 
 def test_correlation_model_is_siamese_truncated_and_trains_end_to_end() -> None:
@@ -421,8 +464,9 @@ def test_correlation_decoding_recovers_the_corners_from_matches_with_outliers() 
     points_a = model.cell_points(64).double()
     matches = model.patch_to_cells(true_matches(corners, points_a, 64))
     ones = torch.ones(2, 64, dtype=torch.float64)
-    torch.testing.assert_close(model.corners_from_matches(matches, ones), corners, atol=1e-6,
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        model.corners_from_matches(matches, ones), corners, atol=1e-6, rtol=0
+    )
     # A quarter of the matches 3 cells (24 px) off: the reweighted fit still lands within
     # 0.5 px, the first (unweighted) fit alone is pulled tens of pixels away.
     wrong = matches.clone()

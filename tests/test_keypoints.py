@@ -33,9 +33,14 @@ STRIDE = 4
 @pytest.fixture(scope="module")
 def data(tiny_coco) -> KeypointData:
     """The tiny synthetic set seen through the keypoint data module (96x128 crops)."""
-    return KeypointData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                        str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=128,
-                        num_workers=0)  # fmt: skip
+    return KeypointData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=128,
+        num_workers=0,
+    )
 
 
 def _val_batch(data: KeypointData) -> dict:
@@ -98,8 +103,9 @@ def test_dark_takes_no_step_where_the_fit_is_not_determined() -> None:
     column = torch.exp(-((torch.arange(32.0) - centres) ** 2) / 8)  # (1, 50, 32)
     ridge = torch.full((1, 50, 32, 24), -0.1)
     ridge[..., -1], ridge[..., -2] = column, 0.4 * column + 0.05
-    assert torch.equal(decode_heatmaps(ridge, refine="dark")[0],
-                       decode_heatmaps(ridge, refine="none")[0])  # fmt: skip
+    assert torch.equal(
+        decode_heatmaps(ridge, refine="dark")[0], decode_heatmaps(ridge, refine="none")[0]
+    )
     # A broad but real peak (sigma 3 cells, 1.5 times the targets') is still refined.
     crop = torch.tensor([[[47.3, 61.8]]])
     peak, _ = encode_heatmaps(torch.cat([crop, torch.ones(1, 1, 1)], -1), (32, 24), sigma=3.0)
@@ -114,8 +120,10 @@ def test_dark_on_noisy_heatmaps_beats_the_quarter_rule() -> None:
     heatmaps, _ = encode_heatmaps(torch.cat([crop, torch.ones(1, 400, 1)], -1), (32, 24))
     noise = torch.randn(400, 1, 32, 24, generator=generator) * 0.06
     heatmaps = 0.7 * heatmaps + torch.nn.functional.avg_pool2d(noise, 3, 1, 1)[None, :, 0]
-    errors = {refine: ((decode_heatmaps(heatmaps, refine=refine)[0] - crop).norm(dim=-1) / STRIDE)
-              for refine in ("dark", "quarter")}  # fmt: skip
+    errors = {
+        refine: ((decode_heatmaps(heatmaps, refine=refine)[0] - crop).norm(dim=-1) / STRIDE)
+        for refine in ("dark", "quarter")
+    }
     assert errors["dark"].mean() < 0.15 and errors["dark"].mean() < 0.5 * errors["quarter"].mean()
 
 
@@ -179,11 +187,14 @@ def test_flip_pairs_swap_left_and_right_channels() -> None:
 def test_flip_augmentation_swaps_left_and_right_keypoints(data: KeypointData) -> None:
     category = data.categories[0]
     plain = KeypointDataset(data.index("val"), category, 128, train=False)
-    flipped = KeypointDataset(data.index("val"), category, 128, train=True,
-                              flip_pairs=category["flip_pairs"])  # fmt: skip
-    flipped.transform = A.Compose([A.HorizontalFlip(p=1), A.Normalize(), ToTensorV2()],
-                                  keypoint_params=A.KeypointParams("xy", remove_invisible=False),
-                                  save_applied_params=True)  # fmt: skip
+    flipped = KeypointDataset(
+        data.index("val"), category, 128, train=True, flip_pairs=category["flip_pairs"]
+    )
+    flipped.transform = A.Compose(
+        [A.HorizontalFlip(p=1), A.Normalize(), ToTensorV2()],
+        keypoint_params=A.KeypointParams("xy", remove_invisible=False),
+        save_applied_params=True,
+    )
     a, b = plain[0], flipped[0]
     width = a["image"].shape[-1]
     left, right = KEYPOINT_NAMES.index("left_eye"), KEYPOINT_NAMES.index("right_eye")
@@ -197,9 +208,12 @@ def test_flip_augmentation_swaps_left_and_right_keypoints(data: KeypointData) ->
 
 def test_ground_truth_as_predictions_gives_oks_ap_one(tiny_coco, data: KeypointData) -> None:
     index = data.index("val")
-    truth = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"],
-              "score": 1.0} for i in index.image_ids for a in index.annotations(i)
-             if a.get("num_keypoints", 0) > 0]  # fmt: skip
+    truth = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+        for i in index.image_ids
+        for a in index.annotations(i)
+        if a.get("num_keypoints", 0) > 0
+    ]
     result = coco_evaluate(index, truth, "keypoints", category_ids=[1])
     assert result.stats["AP"] == pytest.approx(1.0) and result.stats["AR"] == pytest.approx(1.0)
     # Through the model's own path: target heatmaps as outputs -> decode -> image -> COCOeval.
@@ -212,8 +226,10 @@ def test_ground_truth_as_predictions_gives_oks_ap_one(tiny_coco, data: KeypointD
     assert values["instances"] == len(truth)
     assert values["AP"] == pytest.approx(1.0) and values["PCK"] == pytest.approx(1.0)
     # ... and predictions 3 px off are no longer perfect: the check can fail.
-    shifted = [{**t, "keypoints": [v + 3 * (j % 3 == 0) for j, v in enumerate(t["keypoints"])]}
-               for t in truth]  # fmt: skip
+    shifted = [
+        {**t, "keypoints": [v + 3 * (j % 3 == 0) for j, v in enumerate(t["keypoints"])]}
+        for t in truth
+    ]
     assert coco_evaluate(index, shifted, "keypoints", category_ids=[1]).stats["AP"] < 0.9
 
 
@@ -229,17 +245,29 @@ def test_metric_counts_padded_duplicates_once(data: KeypointData) -> None:
 
 def test_detected_boxes_replace_ground_truth_for_evaluation(tiny_coco, tmp_path) -> None:
     index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
-    people = [a for i in index.image_ids for a in index.annotations(i)
-              if a["category_id"] == 1 and a.get("num_keypoints", 0) > 0]  # fmt: skip
-    detections = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
-                  for a in people]  # fmt: skip
+    people = [
+        a
+        for i in index.image_ids
+        for a in index.annotations(i)
+        if a["category_id"] == 1 and a.get("num_keypoints", 0) > 0
+    ]
+    detections = [
+        {"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+        for a in people
+    ]
     detections.append({**detections[0], "score": 0.1})  # under the threshold: dropped
     detections.append({**detections[0], "category_id": 3})  # a circle: not a person
     path = tmp_path / "det.json"
     path.write_text(json.dumps(detections))
-    data = KeypointData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                        str(tiny_coco.val_json), str(tiny_coco.val_images), num_workers=0,
-                        boxes_json=str(path), box_score_threshold=0.3)  # fmt: skip
+    data = KeypointData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        num_workers=0,
+        boxes_json=str(path),
+        box_score_threshold=0.3,
+    )
     data.setup("test")
     dataset = data.datasets["test"]
     assert len(dataset) == len(people)
@@ -253,13 +281,21 @@ def test_detected_boxes_replace_ground_truth_for_evaluation(tiny_coco, tmp_path)
 
 def test_bad_keypoint_configuration_fails_clearly(tiny_coco, data: KeypointData) -> None:
     with pytest.raises(CocoDataError, match="--data.category"):
-        _ = KeypointData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                         str(tiny_coco.val_json), str(tiny_coco.val_images),
-                         category="circle").categories  # fmt: skip
+        _ = KeypointData(
+            str(tiny_coco.train_json),
+            str(tiny_coco.train_images),
+            str(tiny_coco.val_json),
+            str(tiny_coco.val_images),
+            category="circle",
+        ).categories
     with pytest.raises(CocoDataError, match="--data.flip_pairs"):
-        _ = KeypointData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                         str(tiny_coco.val_json), str(tiny_coco.val_images),
-                         flip_pairs=[[1, 17]]).categories  # fmt: skip
+        _ = KeypointData(
+            str(tiny_coco.train_json),
+            str(tiny_coco.train_images),
+            str(tiny_coco.val_json),
+            str(tiny_coco.val_images),
+            flip_pairs=[[1, 17]],
+        ).categories
     dog = {"id": 9, "name": "dog", "keypoints": ["nose", "tail"]}
     with pytest.raises(CocoDataError, match="--model.oks_sigmas"):
         keypoint_sigmas(dog, None)

@@ -35,10 +35,15 @@ SMALL: dict[str, dict] = {
     "segment": {"image_size": 64, "crop_size": 64},
     "keypoints": {"image_size": 64},
     "reid": {"image_size": 64},
-    "homography": {"image_size": 64, "patch_size": 64, "rho": 16, "resize_width": 128,
-                   "resize_height": 96},
+    "homography": {
+        "image_size": 64,
+        "patch_size": 64,
+        "rho": 16,
+        "resize_width": 128,
+        "resize_height": 96,
+    },
     "multitask": {"image_size": 64},
-}  # fmt: skip
+}
 
 
 class Case:
@@ -60,9 +65,15 @@ class Case:
     def data_module(self, task: str, workers: int = 0):
         """``task``'s data module on this split (as training and validation split)."""
         path, images = str(self.write()), str(self.images)
-        return TASKS[task].data(train_json=path, train_images=images, val_json=path,
-                                val_images=images, batch_size=2, num_workers=workers,
-                                **SMALL[task])  # fmt: skip
+        return TASKS[task].data(
+            train_json=path,
+            train_images=images,
+            val_json=path,
+            val_images=images,
+            batch_size=2,
+            num_workers=workers,
+            **SMALL[task],
+        )
 
     def image_path(self, i: int = 0) -> Path:
         return self.images / self.data["images"][i]["file_name"]
@@ -110,8 +121,9 @@ def _one_message(text: str, *fragments: str) -> None:
 
 def _polygon(value: float) -> Callable[[Case], None]:
     def mutate(case: Case) -> None:
-        case.data["annotations"][0]["segmentation"] = [[value, value, value + 9, value,
-                                                         value + 9, value + 9]]  # fmt: skip
+        case.data["annotations"][0]["segmentation"] = [
+            [value, value, value + 9, value, value + 9, value + 9]
+        ]
 
     return mutate
 
@@ -126,8 +138,11 @@ def _rle(counts) -> Callable[[Case], None]:
 
 def _set(where: str, key: str, value) -> Callable[[Case], None]:
     def mutate(case: Case) -> None:
-        record = {"image": case.data["images"][0], "annotation": case.data["annotations"][0],
-                  "category": case.data["categories"][1]}[where]  # fmt: skip
+        record = {
+            "image": case.data["images"][0],
+            "annotation": case.data["annotations"][0],
+            "category": case.data["categories"][1],
+        }[where]
         if key == "id" and where != "annotation":  # keep the references pointing at it
             ref = "image_id" if where == "image" else "category_id"
             for ann in case.data["annotations"]:
@@ -177,55 +192,125 @@ OTHER_SIZE_RLE = mask_utils.encode(np.asfortranarray(np.ones((10, 10), np.uint8)
 
 # (id, mutate, fragments of the strict message, reason counted under skip; None: always fatal)
 RECORD_CASES = [
-    ("polygon 3e9 px", _polygon(3e9),
-     ("annotation id=1", "field 'segmentation'", "outside the 160x120 image"),
-     "segmentation outside image"),
-    ("polygon -3e9 px", _polygon(-3e9), ("field 'segmentation'", "outside"),
-     "segmentation outside image"),
-    ("polygon 1e7 px", _polygon(1e7), ("field 'segmentation'", "outside"),
-     "segmentation outside image"),
-    ("polygon int beyond float", _polygon(10**400), ("field 'segmentation'", "finite numbers"),
-     "invalid segmentation"),
-    ("RLE string garbage", _rle("!!garbage~~"),
-     ("field 'segmentation'", "not COCO's compressed RLE"), "invalid segmentation"),
-    ("RLE string of another size", _rle(OTHER_SIZE_RLE.decode()),
-     ("field 'segmentation'", "RLE counts sum to 100, expected height*width = 19200"),
-     "invalid segmentation"),
+    (
+        "polygon 3e9 px",
+        _polygon(3e9),
+        ("annotation id=1", "field 'segmentation'", "outside the 160x120 image"),
+        "segmentation outside image",
+    ),
+    (
+        "polygon -3e9 px",
+        _polygon(-3e9),
+        ("field 'segmentation'", "outside"),
+        "segmentation outside image",
+    ),
+    (
+        "polygon 1e7 px",
+        _polygon(1e7),
+        ("field 'segmentation'", "outside"),
+        "segmentation outside image",
+    ),
+    (
+        "polygon int beyond float",
+        _polygon(10**400),
+        ("field 'segmentation'", "finite numbers"),
+        "invalid segmentation",
+    ),
+    (
+        "RLE string garbage",
+        _rle("!!garbage~~"),
+        ("field 'segmentation'", "not COCO's compressed RLE"),
+        "invalid segmentation",
+    ),
+    (
+        "RLE string of another size",
+        _rle(OTHER_SIZE_RLE.decode()),
+        ("field 'segmentation'", "RLE counts sum to 100, expected height*width = 19200"),
+        "invalid segmentation",
+    ),
     ("RLE string empty", _rle(""), ("field 'segmentation'", "sum to 0"), "invalid segmentation"),
-    ("RLE counts beyond int64", _rle([2**70, 5]), ("field 'segmentation'",),
-     "invalid segmentation"),
-    ("area beyond float", _set("annotation", "area", 10**400),
-     ("field 'area'", "1329 bits (beyond 64)"), "invalid area"),
+    (
+        "RLE counts beyond int64",
+        _rle([2**70, 5]),
+        ("field 'segmentation'",),
+        "invalid segmentation",
+    ),
+    (
+        "area beyond float",
+        _set("annotation", "area", 10**400),
+        ("field 'area'", "1329 bits (beyond 64)"),
+        "invalid area",
+    ),
     ("bbox beyond float", _bbox_width(10**400), ("field 'bbox'", "beyond 64"), "invalid bbox"),
     ("bbox beyond int64", _bbox_width(2**70), ("field 'bbox'", "beyond 64"), "invalid bbox"),
-    ("keypoint beyond float", _keypoint_x(10**400), ("field 'keypoints'", "finite numbers"),
-     "invalid keypoints"),
-    ("annotation id beyond int64", _set("annotation", "id", 2**64),
-     ("annotation #0", "field 'id'", "65 bits (beyond 64)"), "wrong type"),
-    ("num_keypoints beyond int64", _set("annotation", "num_keypoints", 2**70),
-     ("field 'num_keypoints'", "beyond 64"), "invalid keypoints"),
-    ("num_keypoints not the labelled count", _num_keypoints,
-     ("field 'num_keypoints'", "is 3, but 17 keypoint(s) are labelled"), "invalid keypoints"),
+    (
+        "keypoint beyond float",
+        _keypoint_x(10**400),
+        ("field 'keypoints'", "finite numbers"),
+        "invalid keypoints",
+    ),
+    (
+        "annotation id beyond int64",
+        _set("annotation", "id", 2**64),
+        ("annotation #0", "field 'id'", "65 bits (beyond 64)"),
+        "wrong type",
+    ),
+    (
+        "num_keypoints beyond int64",
+        _set("annotation", "num_keypoints", 2**70),
+        ("field 'num_keypoints'", "beyond 64"),
+        "invalid keypoints",
+    ),
+    (
+        "num_keypoints not the labelled count",
+        _num_keypoints,
+        ("field 'num_keypoints'", "is 3, but 17 keypoint(s) are labelled"),
+        "invalid keypoints",
+    ),
     ("image id beyond int64", _set("image", "id", 2**70), ("image #0", "field 'id'"), None),
-    ("category id beyond int64", _set("category", "id", 2**63),
-     ("category #1", "field 'id'"), None),
+    (
+        "category id beyond int64",
+        _set("category", "id", 2**63),
+        ("category #1", "field 'id'"),
+        None,
+    ),
     ("width beyond float", _set("image", "width", 10**400), ("field 'width'", "beyond 64"), None),
-    ("duplicate category name", _duplicate_name,
-     ("category id=5", "field 'name'", "'circle' is already used by category id=3"), None),
-    ("truncated PNG", _truncated_png,
-     ("image id=1", "field 'file_name'", "000001.png: cannot decode image"), "image undecodable"),
-    ("truncated JPEG", _truncated_jpeg, ("image id=1", "000001.jpg: JPEG file is truncated"),
-     "image undecodable"),
-    ("damaged JPEG scan data", _damaged_jpeg,
-     ("image id=1", "000001.jpg: JPEG data is damaged (libjpeg: Corrupt JPEG data"),
-     "image undecodable"),
-    ("float32 TIFF", _float_tiff, ("image id=1", "field 'file_name'", "000001.tiff"),
-     "image unreadable"),
-]  # fmt: skip
+    (
+        "duplicate category name",
+        _duplicate_name,
+        ("category id=5", "field 'name'", "'circle' is already used by category id=3"),
+        None,
+    ),
+    (
+        "truncated PNG",
+        _truncated_png,
+        ("image id=1", "field 'file_name'", "000001.png: cannot decode image"),
+        "image undecodable",
+    ),
+    (
+        "truncated JPEG",
+        _truncated_jpeg,
+        ("image id=1", "000001.jpg: JPEG file is truncated"),
+        "image undecodable",
+    ),
+    (
+        "damaged JPEG scan data",
+        _damaged_jpeg,
+        ("image id=1", "000001.jpg: JPEG data is damaged (libjpeg: Corrupt JPEG data"),
+        "image undecodable",
+    ),
+    (
+        "float32 TIFF",
+        _float_tiff,
+        ("image id=1", "field 'file_name'", "000001.tiff"),
+        "image unreadable",
+    ),
+]
 
 
-@pytest.mark.parametrize("mutate, fragments, reason", [c[1:] for c in RECORD_CASES],
-                         ids=[c[0] for c in RECORD_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    "mutate, fragments, reason", [c[1:] for c in RECORD_CASES], ids=[c[0] for c in RECORD_CASES]
+)
 def test_bad_record_is_one_message_when_strict_and_counted_when_skipping(
     case: Case, mutate: Callable, fragments: tuple, reason: str | None
 ) -> None:
@@ -241,10 +326,14 @@ def test_bad_record_is_one_message_when_strict_and_counted_when_skipping(
     assert index.skipped.get(reason, 0) >= 1, index.skipped
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ('{"images": [], "x": ' + "9" * 5000 + "}", "more than 4300 digits"),
-    ('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
-], ids=["5000-digit integer", "100000 nested arrays"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('{"images": [], "x": ' + "9" * 5000 + "}", "more than 4300 digits"),
+        ('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ],
+    ids=["5000-digit integer", "100000 nested arrays"],
+)
 def test_json_the_parser_refuses_late_is_one_message(case: Case, text, fragment) -> None:
     with pytest.raises(CocoDataError) as error:
         CocoIndex(case.write(text), case.images)
@@ -308,12 +397,34 @@ def test_worker_error_through_train_is_one_line(case: Case, tmp_path: Path, monk
 
     monkeypatch.setattr(CocoIndex, "load_image", cut_on_read)
     with pytest.raises(SystemExit) as error:
-        train_main(["--task", "segment", "--data.train_json", str(path), "--data.train_images",
-                    str(case.images), "--data.val_json", str(path), "--data.val_images",
-                    str(case.images), "--data.num_workers", "1", "--data.batch_size", "2",
-                    "--data.image_size", "64", "--data.crop_size", "64",
-                    "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
-                    "--trainer.enable_model_summary", "false"])  # fmt: skip
+        train_main(
+            [
+                "--task",
+                "segment",
+                "--data.train_json",
+                str(path),
+                "--data.train_images",
+                str(case.images),
+                "--data.val_json",
+                str(path),
+                "--data.val_images",
+                str(case.images),
+                "--data.num_workers",
+                "1",
+                "--data.batch_size",
+                "2",
+                "--data.image_size",
+                "64",
+                "--data.crop_size",
+                "64",
+                "--trainer.fast_dev_run",
+                "true",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+            ]
+        )
     text = str(error.value.code)
     _one_message(text, "error: ", "JPEG file is truncated")
     assert len(text.splitlines()) == 1
@@ -347,8 +458,9 @@ def test_a_2000x1_image_trains(case: Case, task: str) -> None:
     case.replace_image(0, _encode(pixels, ".png"), ".png")
     image.update(width=2000, height=1)
     case.data["annotations"] = [a for a in case.data["annotations"] if a["image_id"] != image["id"]]
-    case.data["annotations"].append({"id": 9999, "image_id": image["id"], "category_id": 3,
-                                     "bbox": [10, 0, 40, 1]})  # fmt: skip
+    case.data["annotations"].append(
+        {"id": 9999, "image_id": image["id"], "category_id": 3, "bbox": [10, 0, 40, 1]}
+    )
     data = case.data_module(task)
     data.setup("fit")
     dataset = data.datasets["train"]
@@ -429,29 +541,47 @@ def _torch_bytes(obj) -> bytes:
 def _save_task(task: str, path: Path, **hparams) -> Path:
     """A checkpoint as training writes it, of an untrained model (no Trainer needed)."""
     model = TASKS[task].model(**hparams)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": lightning.__version__,
-                "vision_tasks": {"task": task, "format": 1}}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+            "vision_tasks": {"task": task, "format": 1},
+        },
+        path,
+    )
     return path
 
 
 CATEGORIES = {"categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], "image_size": 32}
 DAMAGED_CHECKPOINTS = [
-    ("pickle payload", lambda: _torch_bytes({"state_dict": {}, "x": _Payload()}),
-     "not a vision_tasks checkpoint (it holds Python objects"),
+    (
+        "pickle payload",
+        lambda: _torch_bytes({"state_dict": {}, "x": _Payload()}),
+        "not a vision_tasks checkpoint (it holds Python objects",
+    ),
     ("empty file", lambda: b"", "empty file (0 bytes), not a checkpoint"),
     ("text file", lambda: b"not a checkpoint\n", "not a vision_tasks checkpoint (not a PyTorch"),
     ("plain pickle", lambda: pickle.dumps({"a": 1}), "not a vision_tasks checkpoint"),
-    ("weights of something else", lambda: _torch_bytes({"w": torch.zeros(3)}),
-     "not a vision_tasks checkpoint (no task recorded"),
+    (
+        "weights of something else",
+        lambda: _torch_bytes({"w": torch.zeros(3)}),
+        "not a vision_tasks checkpoint (no task recorded",
+    ),
     ("a tensor", lambda: _torch_bytes(torch.zeros(3)), "not a vision_tasks checkpoint"),
-    ("truncated", lambda: _torch_bytes({"w": torch.zeros(10_000)})[:20_000],
-     "checkpoint is truncated or damaged"),
-]  # fmt: skip
+    (
+        "truncated",
+        lambda: _torch_bytes({"w": torch.zeros(10_000)})[:20_000],
+        "checkpoint is truncated or damaged",
+    ),
+]
 
 
-@pytest.mark.parametrize("content, fragment", [c[1:] for c in DAMAGED_CHECKPOINTS],
-                         ids=[c[0] for c in DAMAGED_CHECKPOINTS])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, fragment",
+    [c[1:] for c in DAMAGED_CHECKPOINTS],
+    ids=[c[0] for c in DAMAGED_CHECKPOINTS],
+)
 def test_damaged_or_foreign_checkpoint_is_one_line(tmp_path, content, fragment) -> None:
     path = tmp_path / "checkpoints" / "last.ckpt"
     path.parent.mkdir()
@@ -468,9 +598,11 @@ def test_checkpoint_of_another_task_says_which_task_it_is(tmp_path) -> None:
     path = tmp_path / "segment.ckpt"
     path.write_bytes(_torch_bytes({"vision_tasks": {"task": "segment"}, "state_dict": {}}))
     expected = f"{path}: this is a segment checkpoint; use --task segment"
-    for call in (lambda: load_task_checkpoint(path, "detect"),
-                 lambda: evaluate_main(["--task", "detect", "--ckpt", str(path)]),
-                 lambda: train_main(["--task", "detect", "--ckpt_path", str(path)])):  # fmt: skip
+    for call in (
+        lambda: load_task_checkpoint(path, "detect"),
+        lambda: evaluate_main(["--task", "detect", "--ckpt", str(path)]),
+        lambda: train_main(["--task", "detect", "--ckpt_path", str(path)]),
+    ):
         with pytest.raises(SystemExit) as error:
             call()
         assert str(error.value.code) == expected
@@ -481,17 +613,22 @@ def test_predict_reports_bad_images_and_handles_a_2000x1_one(tmp_path) -> None:
     assert load_task_checkpoint(checkpoint).task_name == "detect"
     pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     jpeg = _encode(pixels, ".jpg")
-    bad = {"damaged.jpg": damage_scan(jpeg), "cut.jpg": jpeg[: len(jpeg) // 2],
-           "float.tiff": _encode(pixels.astype(np.float32), ".tiff")}  # fmt: skip
+    bad = {
+        "damaged.jpg": damage_scan(jpeg),
+        "cut.jpg": jpeg[: len(jpeg) // 2],
+        "float.tiff": _encode(pixels.astype(np.float32), ".tiff"),
+    }
     for name, content in bad.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(SystemExit) as error:
-            predict_main([str(tmp_path / name), "--ckpt", str(checkpoint), "--output",
-                          str(tmp_path / "out")])  # fmt: skip
+            predict_main(
+                [str(tmp_path / name), "--ckpt", str(checkpoint), "--output", str(tmp_path / "out")]
+            )
         _one_message(str(error.value.code), f"error: {tmp_path / name}: ")
     (tmp_path / "line.png").write_bytes(_encode(pixels[:1].repeat(40, axis=1), ".png"))
-    predict_main([str(tmp_path / "line.png"), "--ckpt", str(checkpoint), "--output",
-                  str(tmp_path / "out")])  # fmt: skip
+    predict_main(
+        [str(tmp_path / "line.png"), "--ckpt", str(checkpoint), "--output", str(tmp_path / "out")]
+    )
     assert (tmp_path / "out" / "results.json").is_file()
 
 

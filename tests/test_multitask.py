@@ -19,18 +19,23 @@ SIZE = 64
 
 def make_data(tiny_coco, train_json=None, train_images=None, batch_size=4) -> MultiTaskData:
     data = MultiTaskData(
-        train_json or str(tiny_coco.train_json), train_images or str(tiny_coco.train_images),
-        str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=SIZE,
-        batch_size=batch_size, num_workers=0,
-    )  # fmt: skip
+        train_json or str(tiny_coco.train_json),
+        train_images or str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=SIZE,
+        batch_size=batch_size,
+        num_workers=0,
+    )
     data.setup("fit")
     return data
 
 
 def make_model(data: MultiTaskData, heads=ALL_HEADS, **kwargs) -> MultiTaskTask:
     torch.manual_seed(0)
-    return MultiTaskTask(data.categories, SIZE, heads=heads,
-                         num_identities=len(data.identity_labels), **kwargs)  # fmt: skip
+    return MultiTaskTask(
+        data.categories, SIZE, heads=heads, num_identities=len(data.identity_labels), **kwargs
+    )
 
 
 def batch_of(data: MultiTaskData, image_ids: list[int]) -> dict:
@@ -41,8 +46,11 @@ def batch_of(data: MultiTaskData, image_ids: list[int]) -> dict:
 
 def images_with_people(data: MultiTaskData) -> list[int]:
     index = data.index("val")
-    return [i for i in index.image_ids
-            if any(a.get("num_keypoints", 0) > 0 for a in index.annotations(i))]  # fmt: skip
+    return [
+        i
+        for i in index.image_ids
+        if any(a.get("num_keypoints", 0) > 0 for a in index.annotations(i))
+    ]
 
 
 @pytest.fixture
@@ -123,8 +131,13 @@ def test_sample_without_keypoint_labels_contributes_zero_keypoint_gradient(data)
 def test_colour_shifted_images_train_no_identities(tiny_coco, data) -> None:
     """An identity is its colours: a colour-shifted image keeps its boxes, loses its re-ID rows."""
     for shift in (0.0, 1.0):
-        shifted = MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                                image_size=SIZE, num_workers=0, colour_shift=shift)  # fmt: skip
+        shifted = MultiTaskData(
+            str(tiny_coco.train_json),
+            str(tiny_coco.train_images),
+            image_size=SIZE,
+            num_workers=0,
+            colour_shift=shift,
+        )
         shifted.setup("fit")
         dataset = shifted.datasets["train"]
         flags = {bool(dataset[i]["colour_shifted"]) for i in range(len(dataset))}
@@ -142,8 +155,12 @@ def test_colour_shifted_images_train_no_identities(tiny_coco, data) -> None:
 
 @pytest.mark.parametrize("read_segment", [True, False])
 def test_keypoint_head_reads_the_segmentation_decoder_at_stride_4(data, read_segment) -> None:
-    model = make_model(data, heads=["segment", "keypoints"], keypoints_read_segment=read_segment,
-                       decoder_channels=(32, 24, 16, 8))  # fmt: skip
+    model = make_model(
+        data,
+        heads=["segment", "keypoints"],
+        keypoints_read_segment=read_segment,
+        decoder_channels=(32, 24, 16, 8),
+    )
     batch = batch_of(data, images_with_people(data)[:2])
     model.head_losses(model.forward_batch(batch), batch)["keypoints"].backward()
     blocks = model.segment_head.decoder.blocks  # strides 16, 8, 4, 2
@@ -180,8 +197,12 @@ def test_jittered_keypoint_rois_train_on_copies_of_each_labelled_person(data) ->
 
 def test_uncertainty_weighting_oracle() -> None:
     losses = {"detect": torch.tensor(2.0), "segment": torch.tensor(3.0)}
-    log_vars = torch.nn.ParameterDict({"detect": torch.nn.Parameter(torch.tensor(0.0)),
-                                       "segment": torch.nn.Parameter(torch.tensor(math.log(2)))})
+    log_vars = torch.nn.ParameterDict(
+        {
+            "detect": torch.nn.Parameter(torch.tensor(0.0)),
+            "segment": torch.nn.Parameter(torch.tensor(math.log(2))),
+        }
+    )
     total, weights = weighted_total(losses, {}, log_vars)
     assert float(total) == pytest.approx(2.0 + 0.0 + 3.0 / 2 + math.log(2))
     assert float(weights["segment"]) == pytest.approx(0.5)
@@ -204,10 +225,14 @@ def test_best_checkpoint_score_is_the_mean_of_the_heads_that_have_a_number() -> 
     from vision_tasks.tasks.multitask.model import HeadMetrics
 
     heads = HeadMetrics(
-        {"detect": _Fixed(AP=0.8, AP50=1.0), "segment": _Fixed(miou=0.5),
-         "keypoints_gt": _Fixed(AP=-1.0), "reid": _Fixed(mAP=float("nan"), rank1=0.9)},
+        {
+            "detect": _Fixed(AP=0.8, AP50=1.0),
+            "segment": _Fixed(miou=0.5),
+            "keypoints_gt": _Fixed(AP=-1.0),
+            "reid": _Fixed(mAP=float("nan"), rank1=0.9),
+        },
         ("detect/AP", "segment/miou", "keypoints_gt/AP", "reid/mAP"),
-    )  # fmt: skip
+    )
     values = heads.compute()
     # COCO's -1 (no ground truth) and NaN leave the mean; AP50 and rank-1 are not scored.
     assert values["heads_mean"] == pytest.approx((0.8 + 0.5) / 2)
@@ -222,8 +247,10 @@ def test_a_fit_keeps_the_checkpoint_with_the_best_mean_over_heads(trained_runs) 
     run = trained_runs["multitask"]
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/heads_mean")]
     assert rows, "val/heads_mean was not logged"
-    scored = [float(rows[-1][f"val/{name}"]) for name in
-              ("detect/AP", "segment/miou", "keypoints_gt/AP", "reid/mAP")]  # fmt: skip
+    scored = [
+        float(rows[-1][f"val/{name}"])
+        for name in ("detect/AP", "segment/miou", "keypoints_gt/AP", "reid/mAP")
+    ]
     scored = [v for v in scored if math.isfinite(v) and v >= 0]
     assert float(rows[-1]["val/heads_mean"]) == pytest.approx(sum(scored) / len(scored))
     best = max(rows, key=lambda r: float(r["val/heads_mean"]))
@@ -233,8 +260,12 @@ def test_a_fit_keeps_the_checkpoint_with_the_best_mean_over_heads(trained_runs) 
 @pytest.mark.parametrize("weighting", ["uncertainty", "fixed"])
 def test_learned_loss_weights_move_and_fixed_weights_do_not(data, weighting: str) -> None:
     fixed = {"detect": 1.0, "segment": 0.5, "keypoints": 100.0, "reid": 0.25}
-    model = make_model(data, heads=["detect", "segment", "keypoints", "reid"],
-                       loss_weighting=weighting, loss_weights=fixed)  # fmt: skip
+    model = make_model(
+        data,
+        heads=["detect", "segment", "keypoints", "reid"],
+        loss_weighting=weighting,
+        loss_weights=fixed,
+    )
     batch = next(iter(data.train_dataloader()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     before = model.compute_loss(model.forward_batch(batch), batch)
@@ -267,11 +298,14 @@ def _split_by_annotation_type(tiny_coco, out: Path) -> tuple[list[str], list[str
         if ann["image_id"] in first:
             boxes.append(plain)
         elif ann.get("num_keypoints", 0) > 0:
-            keypoints.append({**plain, "keypoints": ann["keypoints"],
-                              "num_keypoints": ann["num_keypoints"]})  # fmt: skip
+            keypoints.append(
+                {**plain, "keypoints": ann["keypoints"], "num_keypoints": ann["num_keypoints"]}
+            )
     files = []
-    for name, images, anns in (("boxes", coco["images"][:half], boxes),
-                               ("keypoints", coco["images"][half:], keypoints)):  # fmt: skip
+    for name, images, anns in (
+        ("boxes", coco["images"][:half], boxes),
+        ("keypoints", coco["images"][half:], keypoints),
+    ):
         path = out / f"{name}.json"
         path.write_text(json.dumps({**coco, "images": images, "annotations": anns}))
         files.append(str(path))
@@ -293,17 +327,28 @@ def test_two_coco_files_with_disjoint_annotation_types_train_together(tiny_coco,
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
-    trainer = L.Trainer(max_steps=4, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
-                        accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, callbacks=[Record()])  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=4,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[Record()],
+    )
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == 4
     assert all(math.isfinite(step["train/loss_step"]) for step in logged)
     seen = {key for step in logged for key in step}
     assert {"train/loss_detect_step", "train/loss_keypoints_step"} <= seen
     assert "train/loss_segment_step" not in seen  # neither file has masks: masked, not zero-filled
-    changed = [k for k, v in model.state_dict().items()
-               if k.startswith("keypoint_head") and not torch.equal(v, start[k])]  # fmt: skip
+    changed = [
+        k
+        for k, v in model.state_dict().items()
+        if k.startswith("keypoint_head") and not torch.equal(v, start[k])
+    ]
     assert changed
 
 
@@ -311,10 +356,17 @@ def test_progressive_resizing_trains_small_then_full_size_in_the_loader_workers(
     tiny_coco, tmp_path
 ) -> None:
     """The size is set before each epoch's workers copy the dataset, so they see the switch."""
-    data = MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                         str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=SIZE,
-                         batch_size=4, num_workers=1, progressive_size=SIZE // 2,
-                         progressive_until=0.5)  # fmt: skip
+    data = MultiTaskData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=SIZE,
+        batch_size=4,
+        num_workers=1,
+        progressive_size=SIZE // 2,
+        progressive_until=0.5,
+    )
     model = make_model(data, heads=["detect", "keypoints"])
     sides: list[int] = []
     label_scales_match: list[bool] = []
@@ -329,10 +381,18 @@ def test_progressive_resizing_trains_small_then_full_size_in_the_loader_workers(
             scaled = torch.allclose(letterboxed, expected, atol=1.0)
             label_scales_match.append(scaled and batch["mask"].shape[-1] == side)
 
-    trainer = L.Trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=1, logger=False,
-                        num_sanity_val_steps=0, accelerator="cpu", enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[Record()])  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=3,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[Record()],
+    )
     trainer.fit(model, datamodule=data)
     # epochs 0 and 1 are under half of max_epochs = 3; epoch 2 is past it
     assert sides == [SIZE // 2, SIZE // 2, SIZE]
@@ -343,13 +403,21 @@ def test_progressive_resizing_trains_small_then_full_size_in_the_loader_workers(
 def test_progressive_resizing_follows_the_time_budget_when_there_is_one(
     tiny_coco, clock_at
 ) -> None:
-    data = MultiTaskData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                         str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=SIZE,
-                         num_workers=0, progressive_size=32, progressive_until=0.6)  # fmt: skip
+    data = MultiTaskData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=SIZE,
+        num_workers=0,
+        progressive_size=32,
+        progressive_until=0.6,
+    )
 
     def size_at(time_spent: float, epoch: int) -> int:
-        data.trainer = SimpleNamespace(callbacks=[clock_at(time_spent)], world_size=1,
-                                       max_epochs=100, current_epoch=epoch)  # fmt: skip
+        data.trainer = SimpleNamespace(
+            callbacks=[clock_at(time_spent)], world_size=1, max_epochs=100, current_epoch=epoch
+        )
         return data.train_image_size()
 
     assert size_at(0.59, epoch=3) == 32
@@ -369,8 +437,12 @@ def test_bad_configuration_fails_clearly(data, tiny_coco) -> None:
     with pytest.raises(ValueError, match="not attached"):
         make_model(data, heads=["detect"], loss_weights={"segment": 1.0})
     with pytest.raises(ValueError, match="train_images"):
-        MultiTaskData([str(tiny_coco.train_json)] * 2, [str(tiny_coco.train_images)],
-                      str(tiny_coco.val_json), str(tiny_coco.val_images))  # fmt: skip
+        MultiTaskData(
+            [str(tiny_coco.train_json)] * 2,
+            [str(tiny_coco.train_images)],
+            str(tiny_coco.val_json),
+            str(tiny_coco.val_images),
+        )
 
 
 def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
@@ -393,18 +465,34 @@ def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
     joint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
     single = trained_runs["detect"] / "checkpoints" / "last.ckpt"
     segmenter = trained_runs["segment"] / "checkpoints" / "last.ckpt"
-    headline = evaluate_main(["--task", "multitask", "--ckpt", str(joint), "--output",
-                              str(tmp_path), "--compare", f"detect={single}",
-                              "--compare", f"segment={segmenter}",
-                              "--timing-images", "2"])  # fmt: skip
+    headline = evaluate_main(
+        [
+            "--task",
+            "multitask",
+            "--ckpt",
+            str(joint),
+            "--output",
+            str(tmp_path),
+            "--compare",
+            f"detect={single}",
+            "--compare",
+            f"segment={segmenter}",
+            "--timing-images",
+            "2",
+        ]
+    )
     assert {"detect/AP", "segment/miou", "keypoints_gt/AP", "reid/rank1", "reid/mAP"} <= set(
-        headline)
+        headline
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["task"] == "multitask"
     assert "keypoints_detected/AP" in report["headline"]  # 0 when the detector finds nobody
     rows = report["tables"]["single_task_comparison"]
-    assert [(r["head"], r["metric"]) for r in rows] == [("detect", "AP"), ("detect", "AP50"),
-                                                       ("segment", "miou")]
+    assert [(r["head"], r["metric"]) for r in rows] == [
+        ("detect", "AP"),
+        ("detect", "AP50"),
+        ("segment", "miou"),
+    ]
     single_report = json.loads((tmp_path / "single_detect" / "report.json").read_text())
     assert rows[0]["single_task"] == pytest.approx(single_report["headline"]["AP"])
     assert rows[0]["joint"] == pytest.approx(headline["detect/AP"])
@@ -425,8 +513,18 @@ def test_predict_writes_one_results_file_per_head_and_one_drawing_per_image(
     from vision_tasks.data.coco import CocoIndex, load_results
 
     checkpoint = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
-    predict_main(["--coco", str(tiny_coco.val_json), "--images", str(tiny_coco.val_images),
-                  "--ckpt", str(checkpoint), "--output", str(tmp_path)])  # fmt: skip
+    predict_main(
+        [
+            "--coco",
+            str(tiny_coco.val_json),
+            "--images",
+            str(tiny_coco.val_images),
+            "--ckpt",
+            str(checkpoint),
+            "--output",
+            str(tmp_path),
+        ]
+    )
     index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
     for head in ("detect", "segment", "keypoints"):
         records = json.loads((tmp_path / f"results_{head}.json").read_text())

@@ -153,8 +153,13 @@ def test_metric_matches_the_reference_protocol_and_counts_each_sample_once() -> 
 def test_metric_without_any_valid_query_reports_zero_and_counts_them() -> None:
     metric = ReidMetric()
     # Two samples of one identity, both from camera 1: the gallery match is the same camera.
-    metric.update(torch.eye(2), torch.tensor([5, 5]), torch.tensor([1, 1]),
-                  torch.tensor([True, False]), torch.tensor([1, 2]))  # fmt: skip
+    metric.update(
+        torch.eye(2),
+        torch.tensor([5, 5]),
+        torch.tensor([1, 1]),
+        torch.tensor([True, False]),
+        torch.tensor([1, 2]),
+    )
     values = metric.compute()
     assert float(values["rank1"]) == 0.0 and float(values["mAP"]) == 0.0
     assert values["num_skipped_queries"] == 1 and values["num_valid_queries"] == 0
@@ -297,23 +302,33 @@ def _market(root: Path, names: dict[str, list[str]]) -> Path:
 
 
 def test_market1501_converter_keeps_identities_cameras_and_junk(tmp_path) -> None:
-    root = _market(tmp_path / "market", {
-        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c3s1_000551_01.jpg"],
-        "query": ["0007_c2s3_070952_01.jpg"],
-        "bounding_box_test": ["0007_c1s1_000100_02.jpg", "0000_c1s1_000151_01.jpg",
-                              "-1_c4s2_000201_01.jpg"],
-    })  # fmt: skip
+    root = _market(
+        tmp_path / "market",
+        {
+            "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c3s1_000551_01.jpg"],
+            "query": ["0007_c2s3_070952_01.jpg"],
+            "bounding_box_test": [
+                "0007_c1s1_000100_02.jpg",
+                "0000_c1s1_000151_01.jpg",
+                "-1_c4s2_000201_01.jpg",
+            ],
+        },
+    )
     train = json.loads(convert("market1501", root, tmp_path / "train.json").read_text())
-    found = [(a["track_id"], i["camera_id"], i["split"])
-             for a, i in zip(train["annotations"], train["images"])]  # fmt: skip
+    found = [
+        (a["track_id"], i["camera_id"], i["split"])
+        for a, i in zip(train["annotations"], train["images"])
+    ]
     assert found == [(2, 1, "train"), (2, 3, "train")]
     assert train["annotations"][0]["bbox"] == [0, 0, 8, 16]
     out = convert("market1501", root, tmp_path / "test.json", {"split": "test"})
     dataset = ReidDataset(CocoIndex(out, root), 32, train=False)
     # junk (-1) left out; the distractor (0) stays in the gallery; query from the query folder
     assert sorted(zip(dataset.identities, dataset.cameras, dataset.is_query)) == [
-        (0, 1, False), (7, 1, False), (7, 2, True)
-    ]  # fmt: skip
+        (0, 1, False),
+        (7, 1, False),
+        (7, 2, True),
+    ]
     assert dataset.skipped == {"annotations without identity": 1}
 
 
@@ -402,8 +417,10 @@ def test_checkpoint_rebuilds_the_model_and_predict_writes_embeddings(tmp_path) -
     with torch.inference_mode():
         for start, names in ((1, ["a.jpg", "b.jpg"]), (3, ["c.jpg"])):  # two predict.py chunks
             chunk = samples[start - 1 : start - 1 + len(names)]
-            batch = {"image": torch.stack([s["image"] for s in chunk]),
-                     "image_id": torch.arange(start, start + len(names))}  # fmt: skip
+            batch = {
+                "image": torch.stack([s["image"] for s in chunk]),
+                "image_id": torch.arange(start, start + len(names)),
+            }
             predictions = loaded.decode(loaded(batch["image"]), batch)
             loaded.write_predictions(predictions, images, names, out)
         expected = loaded(torch.stack([s["image"] for s in samples]))["embedding"].numpy()
@@ -420,18 +437,29 @@ def test_test_run_reports_metrics_and_a_consistent_retrieval_grid(tiny_coco, tmp
             seen.setdefault(ann["track_id"], cameras[ann["image_id"]])
 
     index = _edited_copy(tiny_coco, tmp_path, "train", mark_queries)
-    data = ReidData(train_json=str(index.json_path), train_images=str(tiny_coco.train_images),
-                    val_json=str(index.json_path), val_images=str(tiny_coco.train_images),
-                    image_size=32, batch_size=16, num_workers=0)  # fmt: skip
+    data = ReidData(
+        train_json=str(index.json_path),
+        train_images=str(tiny_coco.train_images),
+        val_json=str(index.json_path),
+        val_images=str(tiny_coco.train_images),
+        image_size=32,
+        batch_size=16,
+        num_workers=0,
+    )
     model = ReidTask(data.categories, image_size=32)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     trainer.test(model, datamodule=data, verbose=False)
     report = model.test_report
     written = json.loads((tmp_path / "report" / "report.json").read_text())
     assert written["headline"] == pytest.approx(report.headline)
-    assert all((tmp_path / "report" / name).stat().st_size > 1000
-               for name in written["figures"].values())  # fmt: skip
+    assert all(
+        (tmp_path / "report" / name).stat().st_size > 1000 for name in written["figures"].values()
+    )
     assert set(written["figures"]) >= {"cmc", "retrieval"}
     assert report.metrics["num_valid_queries"] > 0
     assert set(report.headline) == {"rank1", "rank5", "rank10", "mAP"}
@@ -455,14 +483,25 @@ def test_predict_on_a_coco_file_embeds_every_box_as_evaluation_does(
 
     checkpoint = trained_runs["reid"] / "checkpoints" / "last.ckpt"
     out = tmp_path / "embeddings"
-    predict_main([
-        "--coco", str(tiny_coco.val_json), "--images", str(tiny_coco.val_images),
-        "--ckpt", str(checkpoint), "--output", str(out), "--batch-size", "5",
-    ])  # fmt: skip
+    predict_main(
+        [
+            "--coco",
+            str(tiny_coco.val_json),
+            "--images",
+            str(tiny_coco.val_images),
+            "--ckpt",
+            str(checkpoint),
+            "--output",
+            str(out),
+            "--batch-size",
+            "5",
+        ]
+    )
     listing = json.loads((out / "embeddings.json").read_text())
     embeddings = np.load(out / "embeddings.npy")
-    boxes = [a for a in json.loads(tiny_coco.val_json.read_text())["annotations"]
-             if not a.get("iscrowd")]  # fmt: skip
+    boxes = [
+        a for a in json.loads(tiny_coco.val_json.read_text())["annotations"] if not a.get("iscrowd")
+    ]
     assert [r["annotation_id"] for r in listing["annotations"]] == [a["id"] for a in boxes]
     assert embeddings.shape == (len(boxes), listing["dim"])
     assert [r["identity"] for r in listing["annotations"]] == [a.get("track_id") for a in boxes]
@@ -470,9 +509,13 @@ def test_predict_on_a_coco_file_embeds_every_box_as_evaluation_does(
     # The rows of identity-carrying boxes are what evaluation computes for the same crops.
     model = load_task_checkpoint(checkpoint)
     data = torch.load(checkpoint, weights_only=True)["datamodule_hyper_parameters"]
-    dataset = ReidDataset(CocoIndex(tiny_coco.val_json, tiny_coco.val_images),
-                          model.hparams.image_size, False, model.hparams.crop_aspect_ratio,
-                          crop_margin=data["crop_margin"])  # fmt: skip
+    dataset = ReidDataset(
+        CocoIndex(tiny_coco.val_json, tiny_coco.val_images),
+        model.hparams.image_size,
+        False,
+        model.hparams.crop_aspect_ratio,
+        crop_margin=data["crop_margin"],
+    )
     row = {r["annotation_id"]: i for i, r in enumerate(listing["annotations"])}
     samples = [dataset[i] for i in range(len(dataset))]
     with torch.inference_mode():

@@ -54,9 +54,19 @@ def _train_in(workdir: Path, args: list[str]) -> Path:
 @pytest.mark.parametrize("task, workers", [("classify", "1"), ("detect", "0")])
 def test_same_seed_gives_the_same_metrics(task, workers, data_args, tmp_path) -> None:
     args = [
-        "--task", task, *data_args, "--data.num_workers", workers, "--data.batch_size", "4",
-        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", *QUIET,
-    ]  # fmt: skip
+        "--task",
+        task,
+        *data_args,
+        "--data.num_workers",
+        workers,
+        "--data.batch_size",
+        "4",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "3",
+        *QUIET,
+    ]
     runs = []
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         (tmp_path / name).mkdir()
@@ -68,9 +78,18 @@ def test_same_seed_gives_the_same_metrics(task, workers, data_args, tmp_path) ->
 
 def _command(data_args: list[str], *extra: str) -> list[str]:
     return [
-        sys.executable, str(ROOT / "tools" / "train.py"), "--task", "classify", *data_args,
-        "--data.batch_size", "2", "--trainer.max_epochs", "6", *QUIET, *extra,
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "tools" / "train.py"),
+        "--task",
+        "classify",
+        *data_args,
+        "--data.batch_size",
+        "2",
+        "--trainer.max_epochs",
+        "6",
+        *QUIET,
+        *extra,
+    ]
 
 
 def _wait_for_last_checkpoint(run: subprocess.Popen, runs: Path, epoch: int, log: Path) -> int:
@@ -87,8 +106,10 @@ def _wait_for_last_checkpoint(run: subprocess.Popen, runs: Path, epoch: int, log
             if saved >= epoch:
                 return saved
         if run.poll() is not None:
-            pytest.fail(f"the run ended (exit {run.returncode}) before saving epoch {epoch}:\n"
-                        f"{log.read_text()[-3000:]}")  # fmt: skip
+            pytest.fail(
+                f"the run ended (exit {run.returncode}) before saving epoch {epoch}:\n"
+                f"{log.read_text()[-3000:]}"
+            )
         time.sleep(0.05)
     run.kill()
     pytest.fail(f"no last.ckpt of epoch {epoch} after 900 s:\n{log.read_text()[-3000:]}")
@@ -102,8 +123,9 @@ def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(data_ar
 
     log = tmp_path / "killed.log"
     with log.open("w") as output:
-        run = subprocess.Popen(_command(data_args), cwd=tmp_path / "killed", stdout=output,
-                               stderr=subprocess.STDOUT)  # fmt: skip
+        run = subprocess.Popen(
+            _command(data_args), cwd=tmp_path / "killed", stdout=output, stderr=subprocess.STDOUT
+        )
         checkpoints = tmp_path / "killed" / "runs" / "classify"
         # Killed once epoch 1 is saved: epochs 2-5 are still to run, so the kill lands mid-run
         # however slow the machine, and last.ckpt exists (it is only ever replaced by rename).
@@ -120,8 +142,12 @@ def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(data_ar
     unrelated = killed / "checkpoints" / "notes.tmp"
     unrelated.write_text("not written by vision_tasks")
 
-    subprocess.run(_command(data_args, "--ckpt_path", "last"), cwd=tmp_path / "killed",
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        _command(data_args, "--ckpt_path", "last"),
+        cwd=tmp_path / "killed",
+        check=True,
+        capture_output=True,
+    )
     assert not stale.exists() and unrelated.exists()
     assert _headline(killed) == pytest.approx(_headline(whole), abs=1e-6)
     # The resumed run continued the interrupted run's metrics.csv: every epoch's validation
@@ -160,8 +186,18 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
 
 def test_last_checkpoint_follows_every_epoch_even_when_the_metric_stalls(data_args, tmp_path):
     # A zero learning rate: the metric can only wander (the head's BN statistics still move).
-    args = ["--task", "classify", *data_args, "--trainer.max_epochs", "4", "--model.lr", "0",
-            "--model.freeze_at", "5", *QUIET]  # fmt: skip
+    args = [
+        "--task",
+        "classify",
+        *data_args,
+        "--trainer.max_epochs",
+        "4",
+        "--model.lr",
+        "0",
+        "--model.freeze_at",
+        "5",
+        *QUIET,
+    ]
     run = _train_in(tmp_path, args)
     rows = csv.DictReader((run / "metrics.csv").open())
     top1 = [float(row["val/top1"]) for row in rows if row.get("val/top1")]
@@ -179,13 +215,29 @@ def test_channels_last_callback_trains_in_nhwc_to_the_same_result(
 
     def probe(self, batch, batch_idx):
         stem_weight, nhwc = self.backbone.stem[0].weight, torch.channels_last
-        seen.append((batch["image"].is_contiguous(memory_format=nhwc),
-                     stem_weight.is_contiguous(memory_format=nhwc)))  # fmt: skip
+        seen.append(
+            (
+                batch["image"].is_contiguous(memory_format=nhwc),
+                stem_weight.is_contiguous(memory_format=nhwc),
+            )
+        )
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(ClassifyTask, "training_step", probe)
-    args = ["--task", "classify", *data_args, "--data.num_workers", "0", "--data.batch_size", "4",
-            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", *QUIET]  # fmt: skip
+    args = [
+        "--task",
+        "classify",
+        *data_args,
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "4",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        *QUIET,
+    ]
     (tmp_path / "plain").mkdir()
     (tmp_path / "nhwc").mkdir()
     plain = _train_in(tmp_path / "plain", args)

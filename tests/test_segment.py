@@ -60,8 +60,14 @@ def _write_coco(tmp_path, annotations: list[dict]) -> tuple[CocoIndex, COCO]:
 
 
 def _ann(ann_id: int, cat: int, seg, bbox, crowd: int = 0) -> dict:
-    return {"id": ann_id, "image_id": 1, "category_id": cat, "segmentation": seg, "bbox": bbox,
-            "iscrowd": crowd}  # fmt: skip
+    return {
+        "id": ann_id,
+        "image_id": 1,
+        "category_id": cat,
+        "segmentation": seg,
+        "bbox": bbox,
+        "iscrowd": crowd,
+    }
 
 
 def _blob(rng: np.random.Generator, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -192,8 +198,10 @@ def test_loss_ignores_unknown_pixels_and_matches_weighted_cross_entropy() -> Non
     changed = logits.clone()
     changed[:, :, :2] = 100 * torch.randn(2, 4, 2, 7, generator=generator)
     for dice in (0.0, 1.0):
-        a, b = segmentation_loss(logits, target, None, dice), segmentation_loss(changed, target,
-                                                                                None, dice)
+        a, b = (
+            segmentation_loss(logits, target, None, dice),
+            segmentation_loss(changed, target, None, dice),
+        )
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-6)
     nothing_known = segmentation_loss(logits, torch.full_like(target, IGNORE_INDEX), None, 1.0)
     assert torch.isfinite(nothing_known["loss"]) and float(nothing_known["ce"]) == 0.0
@@ -224,9 +232,16 @@ def test_soft_targets_weigh_each_class_by_its_fraction_of_the_pixel() -> None:
 
 
 def test_soft_training_samples_carry_the_class_fractions_of_the_resized_pixels(tiny_coco) -> None:
-    data = SegmentData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                       str(tiny_coco.val_json), str(tiny_coco.val_images), image_size=48,
-                       crop_size=64, num_workers=0, soft_targets=True)  # fmt: skip
+    data = SegmentData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=48,
+        crop_size=64,
+        num_workers=0,
+        soft_targets=True,
+    )
     data.setup("fit")
     dataset = data.datasets["train"]
     sample = dataset[0]
@@ -284,14 +299,24 @@ def test_evaluation_pads_to_the_stride_and_collate_pads_a_batch_with_ignore(tiny
     strided = segment_transforms(50, 48, train=False, square=False)(image=image, mask=label)
     assert square.shape == (64, 64) and strided["mask"].shape == (32, 64)  # picture 24 x 50
     assert (strided["mask"][:24, :50] == 1).all() and (strided["mask"][24:] == IGNORE_INDEX).all()
-    data = SegmentData(str(tiny_coco.train_json), str(tiny_coco.train_images),
-                       str(tiny_coco.val_json), str(tiny_coco.val_images), num_workers=0)
+    data = SegmentData(
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        num_workers=0,
+    )
     samples = [
-        {"image": torch.ones(3, h, w), "mask": torch.full((h, w), 2), "image_id": i,
-         "input_hw": torch.tensor([h, w]), "original_hw": torch.tensor([h + 1, w + 1]),
-         "mask_original": torch.full((h + 1, w + 1), 3)}
+        {
+            "image": torch.ones(3, h, w),
+            "mask": torch.full((h, w), 2),
+            "image_id": i,
+            "input_hw": torch.tensor([h, w]),
+            "original_hw": torch.tensor([h + 1, w + 1]),
+            "mask_original": torch.full((h + 1, w + 1), 3),
+        }
         for i, (h, w) in enumerate([(32, 64), (64, 32)])
-    ]  # fmt: skip
+    ]
     batch = data.collate(samples)
     assert batch["image"].shape == (2, 3, 64, 64) and batch["mask"].shape == (2, 64, 64)
     assert batch["mask_original"].shape == (2, 65, 65)
@@ -308,8 +333,12 @@ def test_metric_is_scored_at_the_original_resolution() -> None:
     logits[0, 2, :10, :20] = 5.0  # the picture: class 2 everywhere; the padding: class 0
     original = torch.full((1, 25, 50), 2)
     original[0, 0, :5] = IGNORE_INDEX
-    batch = {"input_hw": torch.tensor([[10, 20]]), "original_hw": torch.tensor([[25, 50]]),
-             "mask_original": original, "image_id": torch.tensor([7])}  # fmt: skip
+    batch = {
+        "input_hw": torch.tensor([[10, 20]]),
+        "original_hw": torch.tensor([[25, 50]]),
+        "mask_original": original,
+        "image_id": torch.tensor([7]),
+    }
     model.update_metric(model.test_metric, logits, batch)
     confusion = model.test_metric.compute()["confusion"]
     assert int(confusion.sum()) == 25 * 50 - 5 and int(confusion[2, 2]) == 25 * 50 - 5
@@ -321,13 +350,18 @@ def test_metric_is_scored_at_the_original_resolution() -> None:
 def test_few_steps_on_one_tiny_batch_halve_the_loss(tiny_coco) -> None:
     torch.manual_seed(0)
     data = SegmentData(
-        str(tiny_coco.train_json), str(tiny_coco.train_images), str(tiny_coco.val_json),
-        str(tiny_coco.val_images), image_size=48, num_workers=0,
-    )  # fmt: skip
+        str(tiny_coco.train_json),
+        str(tiny_coco.train_images),
+        str(tiny_coco.val_json),
+        str(tiny_coco.val_images),
+        image_size=48,
+        num_workers=0,
+    )
     dataset = SegmentDataset(data.index("val"), image_size=48, crop_size=48, train=False)
     batch = data.collate([dataset[i] for i in range(2)])
-    model = SegmentTask(categories=data.categories, image_size=48,
-                        decoder_channels=(32, 32, 16, 16, 16))  # fmt: skip
+    model = SegmentTask(
+        categories=data.categories, image_size=48, decoder_channels=(32, 32, 16, 16, 16)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     losses = []
@@ -343,8 +377,9 @@ def test_few_steps_on_one_tiny_batch_halve_the_loss(tiny_coco) -> None:
 def test_predict_writes_palette_label_png_and_overlay(tmp_path) -> None:
     model = SegmentTask(categories=CATEGORIES, image_size=48, decoder_channels=(16, 16, 8, 8, 8))
     model.eval()
-    images = [np.random.default_rng(i).integers(0, 255, (37 + 20 * i, 61, 3), np.uint8)
-              for i in range(2)]  # fmt: skip
+    images = [
+        np.random.default_rng(i).integers(0, 255, (37 + 20 * i, 61, 3), np.uint8) for i in range(2)
+    ]
     samples = [model.predict_sample(image) for image in images]
     for i, sample in enumerate(samples):
         sample["image_id"] = i + 1
@@ -355,8 +390,12 @@ def test_predict_writes_palette_label_png_and_overlay(tmp_path) -> None:
     logits[:, 3, :, :24], logits[:, 1, :, 24:] = 5.0, 5.0  # class 3 (id 9) on the left half
     predictions = model.decode(logits, batch)
     written = model.write_predictions(predictions, images, ["a.jpg", "b.png"], tmp_path)
-    assert [p.name for p in written] == ["a_label.png", "a_overlay.png", "b_label.png",
-                                         "b_overlay.png"]  # fmt: skip
+    assert [p.name for p in written] == [
+        "a_label.png",
+        "a_overlay.png",
+        "b_label.png",
+        "b_overlay.png",
+    ]
     for prediction, image, name in zip(predictions, images, ["a", "b"]):
         png = Image.open(tmp_path / f"{name}_label.png")
         assert png.mode == "P" and png.size == (image.shape[1], image.shape[0])

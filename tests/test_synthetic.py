@@ -69,8 +69,10 @@ def test_smaller_set_is_a_prefix_of_a_larger_one(tmp_path: Path) -> None:
 def test_layout_and_categories(dataset: SyntheticPaths) -> None:
     assert dataset.train_json == dataset.root / "annotations" / "instances_train.json"
     assert dataset.val_images == dataset.root / "val"
-    for json_path, folder in ((dataset.train_json, dataset.train_images),
-                              (dataset.val_json, dataset.val_images)):  # fmt: skip
+    for json_path, folder in (
+        (dataset.train_json, dataset.train_images),
+        (dataset.val_json, dataset.val_images),
+    ):
         coco = json.loads(json_path.read_text())
         assert list(coco) == ["info", "licenses", "images", "annotations", "categories"]
         assert [c["id"] for c in coco["categories"]] == [1, 3, 5, 7]
@@ -96,8 +98,9 @@ def test_masks_match_area_and_box(dataset: SyntheticPaths) -> None:
         ys, xs = np.nonzero(mask)
         x, y, w, h = ann["bbox"]
         # A polygon's sharp tip can hold no pixel centre for just over a pixel.
-        assert np.allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1],
-                           [x, y, x + w, y + h], atol=1.5), ann["id"]  # fmt: skip
+        assert np.allclose(
+            [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], [x, y, x + w, y + h], atol=1.5
+        ), ann["id"]
 
 
 def test_objects_are_painted_where_their_masks_are(dataset: SyntheticPaths) -> None:

@@ -44,8 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     voc = layout("voc", "Pascal VOC XML boxes", "the VOC folder (Annotations/, JPEGImages/)")
     voc.add_argument("--split", help="read ImageSets/Main/SPLIT.txt (default: every XML)")
     voc.add_argument("--classes", help="class names in id order, comma-separated (default: sorted)")
-    voc.add_argument("--difficult", choices=["keep", "ignore", "drop"], default="keep",
-                     help="keep (difficult: 1), ignore (iscrowd: 1) or drop difficult objects")
+    voc.add_argument(
+        "--difficult",
+        choices=["keep", "ignore", "drop"],
+        default="keep",
+        help="keep (difficult: 1), ignore (iscrowd: 1) or drop difficult objects",
+    )
     yolo = layout("yolo", "YOLO / Ultralytics labels", "the folder holding images/ and labels/")
     yolo.add_argument("--names", type=Path, required=True, help="data.yaml or one name per line")
     yolo.add_argument("--split", help="read images/SPLIT and labels/SPLIT")
@@ -54,16 +58,24 @@ def _parser() -> argparse.ArgumentParser:
     mot.add_argument("--gt", type=Path, help="gt file (default: SOURCE/gt/gt.txt)")
     mot.add_argument("--frames", type=Path, help="frames folder (video default: OUTPUT_frames/)")
     mot.add_argument("--chunks", type=int, default=1, help="time segments, one camera_id each")
-    mot.add_argument("--min-visibility", type=float, default=0.0,
-                     help="pedestrians less visible than this become iscrowd 1")  # fmt: skip
+    mot.add_argument(
+        "--min-visibility",
+        type=float,
+        default=0.0,
+        help="pedestrians less visible than this become iscrowd 1",
+    )
     back = layouts.add_parser("coco2yolo", help="COCO JSON -> YOLO labels, images, data.yaml")
     back.add_argument("source", type=Path, help="the COCO JSON file")
     back.add_argument("--images", type=Path, required=True, help="its image folder")
     back.add_argument("--output", type=Path, required=True, help="YOLO folder to write")
     back.add_argument("--segments", action="store_true", help="write polygons instead of boxes")
     back.add_argument("--copy-images", action="store_true", help="copy images (default: links)")
-    back.add_argument("--policy", choices=["strict", "skip"], default="strict",
-                      help="bad COCO records: refuse (strict) or drop them (skip)")  # fmt: skip
+    back.add_argument(
+        "--policy",
+        choices=["strict", "skip"],
+        default="strict",
+        help="bad COCO records: refuse (strict) or drop them (skip)",
+    )
     return parser
 
 
@@ -83,8 +95,9 @@ def main(argv: list[str] | None = None) -> Path:
     options = {} if args.layout == "coco2yolo" else _options(args)
     try:
         if args.layout == "coco2yolo":
-            summary = coco_to_yolo(args.source, args.images, args.output, args.segments,
-                                   args.copy_images, args.policy)  # fmt: skip
+            summary = coco_to_yolo(
+                args.source, args.images, args.output, args.segments, args.copy_images, args.policy
+            )
             print(f"{summary}\nwrote {args.output}: data.yaml, labels/, images/")
             return args.output
         dataset = convert_dataset(args.layout, args.source, args.output, options)

@@ -61,8 +61,10 @@ def timed_in_turns(
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1000)
-    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)}
-            for name, t in times.items()}  # fmt: skip
+    return {
+        name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)}
+        for name, t in times.items()
+    }
 
 
 def peak_rss_mib() -> float:
@@ -92,8 +94,11 @@ def _task_config(task: str) -> dict[str, Any]:
     config = yaml.safe_load((CONFIG_DIR / f"{task}.yaml").read_text()) or {}
     shared = yaml.safe_load((CONFIG_DIR / "trainer.yaml").read_text()) or {}
     trainer = {**(shared.get("trainer") or {}), **(config.get("trainer") or {})}
-    return {"model": config.get("model") or {}, "data": config.get("data") or {},
-            "precision": str(trainer.get("precision", "32-true"))}  # fmt: skip
+    return {
+        "model": config.get("model") or {},
+        "data": config.get("data") or {},
+        "precision": str(trainer.get("precision", "32-true")),
+    }
 
 
 def _sized(config: dict, image_size: int | None) -> dict:
@@ -101,21 +106,30 @@ def _sized(config: dict, image_size: int | None) -> dict:
     task that trains on crops (segmentation's ``crop_size``) crops at that size."""
     if image_size is None:
         return {}
-    return {"image_size": image_size, **({"crop_size": image_size}
-                                         if "crop_size" in config["data"] else {})}  # fmt: skip
+    return {
+        "image_size": image_size,
+        **({"crop_size": image_size} if "crop_size" in config["data"] else {}),
+    }
 
 
 def build(
-    task: str, image_size: int | None, batch_size: int, split: str = "train",
+    task: str,
+    image_size: int | None,
+    batch_size: int,
+    split: str = "train",
     model_overrides: dict[str, Any] | None = None,
-):  # fmt: skip
+):
     """Task model (random init, set up for fit as training sets it up) and one real batch of
     its data pipeline at ``image_size``."""
     from vision_tasks.tasks import TASKS
 
     spec, config = TASKS[task], _task_config(task)
-    data_args = {**config["data"], **_sized(config, image_size), "batch_size": batch_size,
-                 "num_workers": 0}  # fmt: skip
+    data_args = {
+        **config["data"],
+        **_sized(config, image_size),
+        "batch_size": batch_size,
+        "num_workers": 0,
+    }
     data = spec.data(**data_args)
     data.setup("fit")
     loader = data.train_dataloader() if split == "train" else data.val_dataloader()
@@ -144,8 +158,9 @@ def loader_speed(
 
     config, speed, startup = _task_config(task), {}, {}
     for count in workers:
-        data = TASKS[task].data(**{**config["data"], **_sized(config, image_size),
-                                   "num_workers": count})  # fmt: skip
+        data = TASKS[task].data(
+            **{**config["data"], **_sized(config, image_size), "num_workers": count}
+        )
         data.setup("fit")
         start = time.perf_counter()
         iterator = iter(data.train_dataloader())
@@ -199,10 +214,15 @@ def speed(
     model.train()
     full_train = timed(_train_step(model, batch, autocast), repeats, warmup)
     backbone_train = timed(
-        _train_step(model, batch, autocast,
-                    lambda: _loss_of_features(model.backbone(model.backbone_input(images)))),
-        repeats, warmup,
-    )  # fmt: skip
+        _train_step(
+            model,
+            batch,
+            autocast,
+            lambda: _loss_of_features(model.backbone(model.backbone_input(images))),
+        ),
+        repeats,
+        warmup,
+    )
     model.eval()
     inference_model = fuse_conv_bn(model) if fuse else model
     result = {
@@ -227,15 +247,18 @@ def speed(
     result["peak_rss_mib"] = peak_rss_mib()  # before the variants below add theirs
     if task == "multitask":
         result["train"]["without_head"] = _train_without_each_head(
-            model.train(), batch, image_size, autocast, memory_format, repeats, warmup)
+            model.train(), batch, image_size, autocast, memory_format, repeats, warmup
+        )
     result["loader"] = loader_speed(task, image_size)
     return result
 
 
 def _train_step(
-    model: nn.Module, batch: dict[str, Any], autocast: Callable,
+    model: nn.Module,
+    batch: dict[str, Any],
+    autocast: Callable,
     forward_loss: Callable[[], Tensor] | None = None,
-) -> Callable[[], None]:  # fmt: skip
+) -> Callable[[], None]:
     """One optimisation step as training runs it (``forward_batch``: the joint model's per-box
     heads read the batch's boxes), or of ``forward_loss`` with the same optimiser."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as BaseTask
@@ -254,9 +277,14 @@ def _train_step(
 
 
 def _train_without_each_head(
-    model: nn.Module, batch: dict[str, Any], image_size: int | None, autocast: Callable,
-    memory_format: torch.memory_format, repeats: int, warmup: int,
-) -> dict[str, dict[str, float]]:  # fmt: skip
+    model: nn.Module,
+    batch: dict[str, Any],
+    image_size: int | None,
+    autocast: Callable,
+    memory_format: torch.memory_format,
+    repeats: int,
+    warmup: int,
+) -> dict[str, dict[str, float]]:
     """The joint model's training step with each head left out in turn: what dropping that head
     from the config saves (``saved_share`` of the full step).
 
@@ -272,8 +300,10 @@ def _train_without_each_head(
         steps[head] = _train_step(variant.to(memory_format=memory_format).train(), batch, autocast)
     times = timed_in_turns(steps, repeats, warmup)
     full = times.pop("")["median_ms"]
-    return {head: {"median_ms": t["median_ms"], "saved_share": 1 - t["median_ms"] / full}
-            for head, t in times.items()}  # fmt: skip
+    return {
+        head: {"median_ms": t["median_ms"], "saved_share": 1 - t["median_ms"] / full}
+        for head, t in times.items()
+    }
 
 
 def _predict(model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -330,6 +360,7 @@ def quality(task: str, extra_args: list[str]) -> dict[str, Any]:
 
 def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
     """A plain-text table of the speed results, with changes against ``baseline``."""
+
     def plain(entry: dict) -> bool:
         options = entry.get("options") or {}
         return not (options.get("channels_last") or options.get("fuse") or options.get("grad_mode"))
@@ -363,9 +394,14 @@ def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None)
             row += f"   (train img/s {train_change}, b1 ms {b1_change})"
         lines.append(row)
         if train.get("without_head"):  # the joint model: what each head costs a step
-            lines.append(" " * 11 + "train step share of each head (the step without it): "
-                         + ", ".join(f"{head} {cost['saved_share']:.0%}"
-                                     for head, cost in train["without_head"].items()))
+            lines.append(
+                " " * 11
+                + "train step share of each head (the step without it): "
+                + ", ".join(
+                    f"{head} {cost['saved_share']:.0%}"
+                    for head, cost in train["without_head"].items()
+                )
+            )
     return "\n".join(lines)
 
 
@@ -448,9 +484,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:  # one task in this process: print its JSON for the parent
         print(json.dumps(speed(tasks[0], **options)))
         return
-    results = [] if args.no_speed else [
-        {**_speed_in_subprocess(task, argv_of(args, task)), "options": options} for task in tasks
-    ]
+    results = (
+        []
+        if args.no_speed
+        else [
+            {**_speed_in_subprocess(task, argv_of(args, task)), "options": options}
+            for task in tasks
+        ]
+    )
     qualities = [quality(task, []) for task in tasks] if args.quality else []
     baseline = json.loads(args.baseline.read_text()) if args.baseline else None
     if results:

@@ -64,8 +64,7 @@ class VisionCLI(LightningCLI):
         if trainer.fast_dev_run or trainer.interrupted:
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None,
-                     verbose=False)  # fmt: skip
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         if trainer.is_global_zero:
             print_summary(self.model, best or "(none)")
 
@@ -119,8 +118,10 @@ def _resolve_resume(task: str, argv: list[str]) -> tuple[str, int] | None:
         if arg == "--ckpt_path" and i + 1 < len(argv):
             value = argv[i + 1]
             if value == "last":
-                candidates = sorted(Path("runs", task).glob("*/checkpoints/last.ckpt"),
-                                    key=lambda p: p.stat().st_mtime)  # fmt: skip
+                candidates = sorted(
+                    Path("runs", task).glob("*/checkpoints/last.ckpt"),
+                    key=lambda p: p.stat().st_mtime,
+                )
                 if not candidates:
                     raise SystemExit(f"--ckpt_path last: no runs/{task}/*/checkpoints/last.ckpt")
                 value = argv[i + 1] = str(candidates[-1])
@@ -169,9 +170,11 @@ def train_main(argv: list[str] | None = None) -> VisionCLI | None:
     where = {"save_dir": f"runs/{task}", "name": "", "version": version}
     loggers = [
         {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": where},
-        {"class_path": "vision_tasks.utils.ResumableCSVLogger",
-         "init_args": {**where, "resume_epoch": resume_epoch}},
-    ]  # fmt: skip
+        {
+            "class_path": "vision_tasks.utils.ResumableCSVLogger",
+            "init_args": {**where, "resume_epoch": resume_epoch},
+        },
+    ]
     spec = TASKS[task]
     with user_errors():
         return VisionCLI(
@@ -206,13 +209,19 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError:
-        detail = ("it holds Python objects other than tensors and plain values, which are not "
-                  "loaded for safety" if zipped else "not a PyTorch file")  # fmt: skip
+        detail = (
+            "it holds Python objects other than tensors and plain values, which are not "
+            "loaded for safety"
+            if zipped
+            else "not a PyTorch file"
+        )
         raise SystemExit(f"{path}: not a vision_tasks checkpoint ({detail})") from None
     except Exception:  # torch.load raises RuntimeError, EOFError, ... on damaged input
         if zipped:
-            raise SystemExit(f"{path}: checkpoint is truncated or damaged (an incomplete zip "
-                             f"archive); was its copy or save interrupted?") from None  # fmt: skip
+            raise SystemExit(
+                f"{path}: checkpoint is truncated or damaged (an incomplete zip "
+                f"archive); was its copy or save interrupted?"
+            ) from None
         raise SystemExit(f"{path}: not a vision_tasks checkpoint (not a PyTorch file)") from None
     saved = checkpoint.get("vision_tasks") if isinstance(checkpoint, dict) else None
     if not isinstance(saved, dict) or saved.get("task") not in TASKS:
@@ -232,8 +241,9 @@ def load_task_checkpoint(path: str | Path, task: str | None = None) -> BaseTask:
     checkpoint = read_checkpoint(path, mmap=True)
     _check_task(path, checkpoint, task)
     saved_task = checkpoint["vision_tasks"]["task"]
-    model = TASKS[saved_task].model.load_from_checkpoint(path, map_location="cpu",
-                                                         weights_only=True)  # fmt: skip
+    model = TASKS[saved_task].model.load_from_checkpoint(
+        path, map_location="cpu", weights_only=True
+    )
     model.eval()
     return model
 
@@ -242,8 +252,11 @@ def _data_from_checkpoint(task: str, checkpoint: Path, overrides: list[str]) -> 
     """The data module as trained, with ``--data.*`` overrides from the command line."""
     saved = read_checkpoint(checkpoint, mmap=True)
     # LightningCLI adds private entries such as "_instantiator"; only constructor arguments count.
-    hparams = {k: v for k, v in saved.get("datamodule_hyper_parameters", {}).items()
-               if not k.startswith("_")}  # fmt: skip
+    hparams = {
+        k: v
+        for k, v in saved.get("datamodule_hyper_parameters", {}).items()
+        if not k.startswith("_")
+    }
     parser = ArgumentParser(prog=f"evaluate --task {task}")
     parser.add_class_arguments(TASKS[task].data, "data")
     parser.set_defaults({f"data.{k}": v for k, v in hparams.items()})
@@ -257,16 +270,28 @@ def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--ckpt", required=True, type=Path)
     parser.add_argument("--output", type=Path, help="report folder (default: beside the run)")
-    parser.add_argument("--split", metavar="NAME",
-                        help="what the report calls the split it scores (default: the test JSON's "
-                             "file name); the split is --data.test_json, else the one trained "
-                             "with as validation")  # fmt: skip
+    parser.add_argument(
+        "--split",
+        metavar="NAME",
+        help="what the report calls the split it scores (default: the test JSON's "
+        "file name); the split is --data.test_json, else the one trained "
+        "with as validation",
+    )
     parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--compare", action="append", default=[], metavar="TASK=CKPT",
-                        help="multitask: also evaluate this single-task checkpoint on the same "
-                             "split and time it against the joint model (repeatable)")
-    parser.add_argument("--timing-images", type=int, default=8,
-                        help="multitask --compare: images the inference times are taken on")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="TASK=CKPT",
+        help="multitask: also evaluate this single-task checkpoint on the same "
+        "split and time it against the joint model (repeatable)",
+    )
+    parser.add_argument(
+        "--timing-images",
+        type=int,
+        default=8,
+        help="multitask --compare: images the inference times are taken on",
+    )
     args, overrides = parser.parse_known_args(argv)
     with user_errors():
         return _evaluate(args, overrides)
@@ -284,8 +309,9 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     # Same memory format as the report written after training (NCHW): NHWC would be faster on
     # CPU, but its float rounding moved homography's corner error in the 7th digit, and a
     # re-evaluated checkpoint must reproduce the training report's numbers exactly.
-    trainer = L.Trainer(accelerator=args.accelerator, devices=1, logger=False,
-                        enable_checkpointing=False)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator=args.accelerator, devices=1, logger=False, enable_checkpointing=False
+    )
     trainer.test(model, datamodule=data, verbose=False)
     print_summary(model, str(args.ckpt))
     if compare:
@@ -300,16 +326,21 @@ def _parse_compare(items: list[str], task: str) -> dict[str, Path]:
     for item in items:
         name, _, path = item.partition("=")
         if name not in TASKS or name in ("multitask", "homography") or not path:
-            raise SystemExit(f"--compare {item!r}: expected TASK=CKPT with TASK one of classify, "
-                             f"detect, keypoints, reid, segment")  # fmt: skip
+            raise SystemExit(
+                f"--compare {item!r}: expected TASK=CKPT with TASK one of classify, "
+                f"detect, keypoints, reid, segment"
+            )
         pairs[name] = Path(path)
     return pairs
 
 
 def _compare_with_single_tasks(
-    model: BaseTask, data: Any, checkpoints: dict[str, Path], trainer: L.Trainer,
+    model: BaseTask,
+    data: Any,
+    checkpoints: dict[str, Path],
+    trainer: L.Trainer,
     timing_images: int,
-) -> None:  # fmt: skip
+) -> None:
     """Evaluate each single-task checkpoint on the joint run's split, time both, and add the
     comparison and timing tables to the joint report (rewritten in place)."""
     from vision_tasks.evaluation.report import write_report
@@ -327,14 +358,17 @@ def _compare_with_single_tasks(
     timing = time_inference(model.eval().float(), singles, data.index("test"), timing_images)
     report = model.test_report
     report.tables["single_task_comparison"] = comparison_rows(report.metrics, headlines)
-    report.tables["inference_time"] = [{"model": k.removesuffix("_s_per_image"), "value": v}
-                                       for k, v in timing.items()]  # fmt: skip
+    report.tables["inference_time"] = [
+        {"model": k.removesuffix("_s_per_image"), "value": v} for k, v in timing.items()
+    ]
     report.metrics.update({f"time/{k}": v for k, v in timing.items()})
     write_report(report, model.report_dir)
     print(f"  joint vs single-task models one after another: {timing['speedup']:.2f}x faster")
     if "speedup_single_pass" in timing:
-        print(f"  ... with their flip tests off (one pass, as the joint model): "
-              f"{timing['speedup_single_pass']:.2f}x")
+        print(
+            f"  ... with their flip tests off (one pass, as the joint model): "
+            f"{timing['speedup_single_pass']:.2f}x"
+        )
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -366,16 +400,23 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
     """``tools/predict.py --ckpt PATH (IMAGES_OR_FOLDERS... | --coco JSON --images DIR)``."""
     parser = argparse.ArgumentParser(description=predict_main.__doc__)
     parser.add_argument("inputs", nargs="*", type=Path, help="image files or folders")
-    parser.add_argument("--coco", type=Path,
-                        help="a COCO JSON instead of IMAGES: results keep its image ids (re-ID: "
-                             "embeddings of its annotated boxes)")  # fmt: skip
+    parser.add_argument(
+        "--coco",
+        type=Path,
+        help="a COCO JSON instead of IMAGES: results keep its image ids (re-ID: "
+        "embeddings of its annotated boxes)",
+    )
     parser.add_argument("--images", type=Path, help="folder the --coco file_names are relative to")
     parser.add_argument("--ckpt", required=True, type=Path)
     parser.add_argument("--task", choices=sorted(TASKS), help="check the checkpoint's task")
     parser.add_argument("--output", type=Path, default=Path("predictions"))
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
-                        help="onnx: run the graph written by tools/export.py with onnxruntime")
+    parser.add_argument(
+        "--engine",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="onnx: run the graph written by tools/export.py with onnxruntime",
+    )
     parser.add_argument("--onnx", type=Path, help="the .onnx file (default: beside --ckpt)")
     args = parser.parse_args(argv)
     if bool(args.inputs) == bool(args.coco):
@@ -405,8 +446,13 @@ def _predict(args: argparse.Namespace) -> list[Path]:
         if hasattr(model, "predict_coco"):  # per-box outputs (re-ID embeddings)
             saved = read_checkpoint(args.ckpt, mmap=True)
             args.output.mkdir(parents=True, exist_ok=True)
-            written = model.predict_coco(index, network, args.output, args.batch_size,
-                                         saved.get("datamodule_hyper_parameters", {}))
+            written = model.predict_coco(
+                index,
+                network,
+                args.output,
+                args.batch_size,
+                saved.get("datamodule_hyper_parameters", {}),
+            )
             print(f"{args.coco} -> {args.output}/ ({', '.join(p.name for p in written)})")
             return written
         image_ids = list(index.image_ids)
@@ -421,8 +467,9 @@ def _predict(args: argparse.Namespace) -> list[Path]:
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         ids = image_ids[start : start + args.batch_size]
-        images = [index.load_image(i) if index is not None else read_image(p)
-                  for i, p in zip(ids, chunk)]  # fmt: skip
+        images = [
+            index.load_image(i) if index is not None else read_image(p) for i, p in zip(ids, chunk)
+        ]
         samples = [model.predict_sample(image) for image in images]
         for sample, image_id in zip(samples, ids):
             sample["image_id"] = image_id
@@ -431,8 +478,9 @@ def _predict(args: argparse.Namespace) -> list[Path]:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             predictions = model.decode(network(batch["image"]), batch)
-        written += model.write_predictions(predictions, images, [p.name for p in chunk],
-                                           args.output)  # fmt: skip
+        written += model.write_predictions(
+            predictions, images, [p.name for p in chunk], args.output
+        )
         records += model.to_results(predictions)
         if hasattr(model, "head_results"):  # the joint model: one results file per head
             for head, head_records in model.head_results(predictions).items():
@@ -442,6 +490,8 @@ def _predict(args: argparse.Namespace) -> list[Path]:
     names = {image_id: str(path) for image_id, path in zip(image_ids, files)}
     written.append(atomic_write_json(args.output / "files.json", names))
     written.append(write_results_json(records, args.output / "results.json"))
-    print(f"{len(files)} images -> {args.output}/ ({len(written)} files written; results.json "
-          f"has {len(records)} records, image ids as in files.json)")
+    print(
+        f"{len(files)} images -> {args.output}/ ({len(written)} files written; results.json "
+        f"has {len(records)} records, image ids as in files.json)"
+    )
     return written

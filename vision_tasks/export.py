@@ -92,9 +92,16 @@ def export_onnx(model: BaseTask, path: str | Path, opset: int = 17) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     # An eval-mode wrapper: the exporter restores the wrapper's mode afterwards, recursively.
     wrapper = _FlatOutputs(model, batched).eval()
-    torch.onnx.export(wrapper, (images,), str(tmp), input_names=["image"],
-                      output_names=names, dynamic_axes=dynamic, opset_version=opset,
-                      dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        wrapper,
+        (images,),
+        str(tmp),
+        input_names=["image"],
+        output_names=names,
+        dynamic_axes=dynamic,
+        opset_version=opset,
+        dynamo=False,
+    )
     graph = onnx.load(str(tmp))
     entry = graph.metadata_props.add()
     meta = {"task": model.task_name, "outputs": spec, "constants": constants}
@@ -122,16 +129,24 @@ class OnnxRunner:
         """Run the graph on (B, C, H, W) images."""
         arrays = iter(self.session.run(None, {"image": images.detach().cpu().numpy()}))
         count = len(self.session.get_outputs()) + len(self.constants)
-        tensors = [self.constants[i] if i in self.constants else torch.from_numpy(next(arrays))
-                   for i in range(count)]  # fmt: skip
+        tensors = [
+            self.constants[i] if i in self.constants else torch.from_numpy(next(arrays))
+            for i in range(count)
+        ]
         return unflatten_outputs(tensors, self.spec)
 
 
 def max_abs_difference(a: Any, b: Any) -> float:
     """Largest element-wise difference between two output structures."""
     tensors_a, tensors_b = flatten_outputs(a)[0], flatten_outputs(b)[0]
-    return max((float((x.float() - y.float()).abs().max()) for x, y in zip(tensors_a, tensors_b)
-                if x.numel()), default=0.0)  # fmt: skip
+    return max(
+        (
+            float((x.float() - y.float()).abs().max())
+            for x, y in zip(tensors_a, tensors_b)
+            if x.numel()
+        ),
+        default=0.0,
+    )
 
 
 def compare(model: BaseTask, runner: OnnxRunner, batch: int = 3, repeats: int = 10) -> dict:
@@ -144,8 +159,13 @@ def compare(model: BaseTask, runner: OnnxRunner, batch: int = 3, repeats: int = 
         single = images[:1]
         torch_ms = _median_ms(lambda: model(single), repeats)
     onnx_ms = _median_ms(lambda: runner(single), repeats)
-    return {"max_abs_diff": difference, "max_abs_output": scale, "batch_checked": batch,
-            "torch_b1_ms": torch_ms, "onnxruntime_b1_ms": onnx_ms}  # fmt: skip
+    return {
+        "max_abs_diff": difference,
+        "max_abs_output": scale,
+        "batch_checked": batch,
+        "torch_b1_ms": torch_ms,
+        "onnxruntime_b1_ms": onnx_ms,
+    }
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -172,14 +192,20 @@ def export_main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     model = load_task_checkpoint(args.ckpt)
     if not getattr(model, "exportable", True):
-        raise SystemExit(f"{model.task_name}: ONNX export is not supported (its inference "
-                         f"forward runs NMS and per-box heads on a data-dependent number of "
-                         f"boxes); predict with --engine torch")  # fmt: skip
+        raise SystemExit(
+            f"{model.task_name}: ONNX export is not supported (its inference "
+            f"forward runs NMS and per-box heads on a data-dependent number of "
+            f"boxes); predict with --engine torch"
+        )
     path = export_onnx(model, args.output or args.ckpt.with_suffix(".onnx"), args.opset)
     check = compare(model, OnnxRunner(path, threads=torch.get_num_threads()))
     print(f"{model.task_name} -> {path}")
-    print(f"  max |torch - onnxruntime| = {check['max_abs_diff']:.2e} (outputs up to "
-          f"{check['max_abs_output']:.3g}, batch {check['batch_checked']})")
-    print(f"  batch-1 latency: torch {check['torch_b1_ms']:.1f} ms, onnxruntime "
-          f"{check['onnxruntime_b1_ms']:.1f} ms")
+    print(
+        f"  max |torch - onnxruntime| = {check['max_abs_diff']:.2e} (outputs up to "
+        f"{check['max_abs_output']:.3g}, batch {check['batch_checked']})"
+    )
+    print(
+        f"  batch-1 latency: torch {check['torch_b1_ms']:.1f} ms, onnxruntime "
+        f"{check['onnxruntime_b1_ms']:.1f} ms"
+    )
     return {"path": str(path), **check}

@@ -24,11 +24,18 @@ class ConvBNAct(nn.Sequential):
         act: type[nn.Module] | None = nn.SiLU,
     ) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
-                      groups=groups, bias=False),
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                kernel_size // 2,
+                groups=groups,
+                bias=False,
+            ),
             nn.BatchNorm2d(out_channels),
             act(inplace=True) if act is not None else nn.Identity(),
-        )  # fmt: skip
+        )
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - nn.Sequential's forward
         return super().forward(x)
@@ -157,9 +164,11 @@ class HeatmapHead(nn.Module):
     """
 
     def __init__(
-        self, in_channels: dict[str, int], num_keypoints: int,
+        self,
+        in_channels: dict[str, int],
+        num_keypoints: int,
         channels: tuple[int, int, int] = (128, 64, 64),
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if len(channels) != 3:
             raise ValueError(f"head_channels needs 3 widths (c4, c3, c2), got {list(channels)}")

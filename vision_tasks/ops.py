@@ -57,9 +57,14 @@ def letterbox_image(
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     padded = cv2.copyMakeBorder(
-        resized, pad_y, size - new_h - pad_y, pad_x, size - new_w - pad_x,
-        cv2.BORDER_CONSTANT, value=(fill, fill, fill),
-    )  # fmt: skip
+        resized,
+        pad_y,
+        size - new_h - pad_y,
+        pad_x,
+        size - new_w - pad_x,
+        cv2.BORDER_CONSTANT,
+        value=(fill, fill, fill),
+    )
     return padded, scale, pad_x, pad_y
 
 
@@ -76,8 +81,15 @@ def letterbox_label_map(label: np.ndarray, size: int, fill: int) -> np.ndarray:
     scale, pad_x, pad_y = letterbox_params(height, width, size)
     new_w, new_h = letterbox_size(height, width, scale)
     resized = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-    return cv2.copyMakeBorder(resized, pad_y, size - new_h - pad_y, pad_x, size - new_w - pad_x,
-                              cv2.BORDER_CONSTANT, value=fill)  # fmt: skip
+    return cv2.copyMakeBorder(
+        resized,
+        pad_y,
+        size - new_h - pad_y,
+        pad_x,
+        size - new_w - pad_x,
+        cv2.BORDER_CONSTANT,
+        value=fill,
+    )
 
 
 def unletterbox_map(
@@ -88,8 +100,9 @@ def unletterbox_map(
     new_w, new_h = letterbox_size(height, width, scale)
     valid = maps[None, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w]
     if (new_h, new_w) != (height, width):
-        valid = torch.nn.functional.interpolate(valid, size=(height, width), mode="bilinear",
-                                                align_corners=False)  # fmt: skip
+        valid = torch.nn.functional.interpolate(
+            valid, size=(height, width), mode="bilinear", align_corners=False
+        )
     return valid[0]
 
 
@@ -218,8 +231,9 @@ def four_point_to_homography(src: Tensor, dst: Tensor) -> Tensor:
         (..., 3, 3) homographies ``H`` with ``dst ~ H @ [src, 1]``, in ``src``'s dtype.
     """
     if src.shape[-2:] != (4, 2) or dst.shape != src.shape:
-        raise ValueError(f"expected two (..., 4, 2) point sets, got {tuple(src.shape)} and "
-                         f"{tuple(dst.shape)}")  # fmt: skip
+        raise ValueError(
+            f"expected two (..., 4, 2) point sets, got {tuple(src.shape)} and {tuple(dst.shape)}"
+        )
     batch_shape = src.shape[:-2]
     s = src.reshape(-1, 4, 2).double()
     d = dst.reshape(-1, 4, 2).double()
@@ -299,9 +313,11 @@ def cell_grid(
     device: torch.device | str | None = None,
 ) -> Tensor:
     """(h w, 2) (x, y) integer coordinates of the cells of an h x w map, row-major."""
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
-                            torch.arange(width, dtype=dtype, device=device),
-                            indexing="ij")  # fmt: skip
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=dtype, device=device),
+        torch.arange(width, dtype=dtype, device=device),
+        indexing="ij",
+    )
     return torch.stack([xs, ys], dim=-1).reshape(-1, 2)
 
 
@@ -340,8 +356,11 @@ def align_second_patch(images: Tensor, corners: Tensor, patch_size: int) -> Tens
     size = images.shape[-1]
     scale = size / patch_size
     # Area resizing maps patch pixel centre x to network pixel centre scale * (x + 0.5) - 0.5.
-    to_net = torch.tensor([[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5],
-                           [0.0, 0.0, 1.0]], dtype=torch.float64, device=images.device)  # fmt: skip
+    to_net = torch.tensor(
+        [[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+        device=images.device,
+    )
     homography = to_net @ corners_to_homography(corners.double(), patch_size)
     homography = homography @ torch.linalg.inv(to_net)
     # B at q shows A's content at H q, so sampling B at H^-1 q shows A's content at q.

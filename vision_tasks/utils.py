@@ -90,8 +90,9 @@ def atomic_write_image(path: str | Path, rgb: np.ndarray) -> Path:
     except cv2.error:  # an unknown suffix raises; cv2.imwrite would just return False
         ok = False
     if not ok:
-        raise ValueError(f"{path}: OpenCV cannot write a {Path(path).suffix!r} image; use .jpg "
-                         f"or .png")  # fmt: skip
+        raise ValueError(
+            f"{path}: OpenCV cannot write a {Path(path).suffix!r} image; use .jpg or .png"
+        )
     return atomic_write_bytes(path, encoded.tobytes())
 
 
@@ -243,8 +244,9 @@ class ModelEMA(WeightAveraging):
 
     def __init__(self, decay: float = 0.998, warmup_steps: int = 200) -> None:
         if not 0.0 < decay < 1.0 or warmup_steps < 0:
-            raise ValueError(f"ModelEMA: need 0 < decay < 1 and warmup_steps >= 0, got {decay}, "
-                             f"{warmup_steps}")  # fmt: skip
+            raise ValueError(
+                f"ModelEMA: need 0 < decay < 1 and warmup_steps >= 0, got {decay}, {warmup_steps}"
+            )
         super().__init__(use_buffers=True, multi_avg_fn=self._average)
         self.decay, self.warmup_steps = decay, warmup_steps
 

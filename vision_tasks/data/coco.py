@@ -153,8 +153,11 @@ _STDERR_LOCK = threading.Lock()
 # A fork (DataLoader workers) waits for a decode in another thread to give stderr back: the child
 # would otherwise inherit the pipe as its stderr, and a held lock it could never release.
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(before=_STDERR_LOCK.acquire, after_in_parent=_STDERR_LOCK.release,
-                        after_in_child=_STDERR_LOCK.release)  # fmt: skip
+    os.register_at_fork(
+        before=_STDERR_LOCK.acquire,
+        after_in_parent=_STDERR_LOCK.release,
+        after_in_child=_STDERR_LOCK.release,
+    )
 
 
 def _imdecode_jpeg(data: np.ndarray, flags: int) -> tuple[np.ndarray | None, list[str]]:
@@ -711,8 +714,10 @@ def _clip_annotations(data: dict, report: _Report) -> tuple[dict, dict[str, int]
         annotations[pos] = repaired
         del report.bad_annotations[pos]
         report.problems = [p for p in report.problems if p not in problems]
-        names = {_OUTSIDE_BOX: "box crossing the image edge",
-                 _OUTSIDE_KEYPOINTS: "keypoints outside the image"}  # fmt: skip
+        names = {
+            _OUTSIDE_BOX: "box crossing the image edge",
+            _OUTSIDE_KEYPOINTS: "keypoints outside the image",
+        }
         clipped.update(names[r] for r in reasons)
     return {**data, "annotations": annotations}, dict(clipped)
 
@@ -845,8 +850,9 @@ class CocoIndex:
         if self.skipped:
             counts = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
             total = sum(self.skipped.values())
-            logger.warning("%s: policy=%r dropped %d record(s): %s", name, self.policy, total,
-                           counts)  # fmt: skip
+            logger.warning(
+                "%s: policy=%r dropped %d record(s): %s", name, self.policy, total, counts
+            )
         used = {a["category_id"] for anns in self._anns.values() for a in anns}
         empty = [f"{c['name']!r} (id={c['id']})" for c in self.categories if c["id"] not in used]
         if empty:

@@ -58,8 +58,11 @@ class Summary:
     def __str__(self) -> str:
         """One line: ``voc: 364 images, 4886 boxes, 3 classes; dropped: degenerate boxes=2``."""
         crowd = f" ({self.crowd} iscrowd)" if self.crowd else ""
-        counts = [_plural(self.images, "image"), _plural(self.boxes, "box") + crowd,
-                  _plural(self.classes, "class")]  # fmt: skip
+        counts = [
+            _plural(self.images, "image"),
+            _plural(self.boxes, "box") + crowd,
+            _plural(self.classes, "class"),
+        ]
         parts = [f"{self.layout}: {', '.join(counts)}"]
         # what=count, as CocoIndex logs its counts: labels stay fixed whatever the count
         parts += [f"{what}={n}" for what, n in self.marked.items()]
@@ -75,14 +78,24 @@ def summarise(layout: str, dataset: dict) -> Summary:
     """The :class:`Summary` of a COCO dict made by one of the ``CONVERTERS``."""
     info = dataset.get("info", {})
     return Summary(
-        layout, len(dataset["images"]), len(dataset["annotations"]), len(dataset["categories"]),
-        sum(a["iscrowd"] for a in dataset["annotations"]), dict(info.get("marked", {})),
+        layout,
+        len(dataset["images"]),
+        len(dataset["annotations"]),
+        len(dataset["categories"]),
+        sum(a["iscrowd"] for a in dataset["annotations"]),
+        dict(info.get("marked", {})),
         dict(info.get("dropped", {})),
-    )  # fmt: skip
+    )
 
 
-def _coco(description: str, images: list, annotations: list, categories: list,
-          marked: Counter | None = None, dropped: Counter | None = None) -> dict:  # fmt: skip
+def _coco(
+    description: str,
+    images: list,
+    annotations: list,
+    categories: list,
+    marked: Counter | None = None,
+    dropped: Counter | None = None,
+) -> dict:
     """A COCO dict; ``info`` keeps the non-zero counts of what was marked / dropped."""
     info = {"description": f"{description}, converted by vision_tasks"}
     for key, counts in (("marked", marked), ("dropped", dropped)):
@@ -95,10 +108,17 @@ def _categories(names: list[str]) -> list[dict]:
     return [{"id": i, "name": name, "supercategory": name} for i, name in enumerate(names, 1)]
 
 
-def _box_annotation(ann_id: int, image_id: int, category_id: int, bbox: list[float],
-                    iscrowd: int = 0) -> dict:  # fmt: skip
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-            "area": float(bbox[2] * bbox[3]), "iscrowd": iscrowd}  # fmt: skip
+def _box_annotation(
+    ann_id: int, image_id: int, category_id: int, bbox: list[float], iscrowd: int = 0
+) -> dict:
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "area": float(bbox[2] * bbox[3]),
+        "iscrowd": iscrowd,
+    }
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -154,12 +174,27 @@ def market1501_to_coco(root: str | Path, split: Literal["train", "test"] = "trai
             identity, camera = int(match[1]), int(match[2])
             width, height = _image_size(path)
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": f"{folder}/{path.name}", "width": width,
-                           "height": height, "camera_id": camera,
-                           "split": _SPLIT_OF_FOLDER[folder]})  # fmt: skip
-            annotations.append({"id": image_id, "image_id": image_id, "category_id": 1,
-                                "bbox": [0, 0, width, height], "area": float(width * height),
-                                "iscrowd": 0, "track_id": identity})  # fmt: skip
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": f"{folder}/{path.name}",
+                    "width": width,
+                    "height": height,
+                    "camera_id": camera,
+                    "split": _SPLIT_OF_FOLDER[folder],
+                }
+            )
+            annotations.append(
+                {
+                    "id": image_id,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [0, 0, width, height],
+                    "area": float(width * height),
+                    "iscrowd": 0,
+                    "track_id": identity,
+                }
+            )
     if bad:
         listed = ", ".join(bad[:5]) + (f" ... ({len(bad)} in all)" if len(bad) > 5 else "")
         raise CocoDataError(f"{root}: file names not of the form 0002_c1s1_000451_03.jpg: {listed}")
@@ -225,8 +260,14 @@ def voc_to_coco(
         if not (root / "JPEGImages" / filename).is_file():
             msg = f"image JPEGImages/{filename} not found in {root}"
             raise CocoDataError(f"{path}: field 'filename': {msg}")
-        images.append({"id": len(images) + 1, "file_name": f"JPEGImages/{filename}",
-                       "width": width, "height": height})  # fmt: skip
+        images.append(
+            {
+                "id": len(images) + 1,
+                "file_name": f"JPEGImages/{filename}",
+                "width": width,
+                "height": height,
+            }
+        )
         for number, obj in enumerate(objects, 1):
             if obj.name not in category:
                 msg = f"class {obj.name!r} is not in --classes ({', '.join(names)})"
@@ -239,8 +280,9 @@ def voc_to_coco(
             else:
                 bbox = [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
                 crowd = int(obj.difficult and difficult == "ignore")
-                ann = _box_annotation(len(annotations) + 1, len(images), category[obj.name], bbox,
-                                      crowd)  # fmt: skip
+                ann = _box_annotation(
+                    len(annotations) + 1, len(images), category[obj.name], bbox, crowd
+                )
                 annotations.append({**ann, "difficult": int(obj.difficult)})
                 marked["difficult as iscrowd" if crowd else "difficult kept"] += obj.difficult
     what = f"Pascal VOC {root.name}" + (f" {split} split" if split else "")
@@ -361,8 +403,14 @@ def yolo_to_coco(root: str | Path, names: str | Path, split: str | None = None) 
             continue
         width, height = _image_size(path)
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": path.relative_to(root).as_posix(),
-                       "width": width, "height": height})  # fmt: skip
+        images.append(
+            {
+                "id": image_id,
+                "file_name": path.relative_to(root).as_posix(),
+                "width": width,
+                "height": height,
+            }
+        )
         label = (label_dir / path.relative_to(image_dir)).with_suffix(".txt")
         if not label.is_file():
             marked["images without label file"] += 1
@@ -377,8 +425,9 @@ def yolo_to_coco(root: str | Path, names: str | Path, split: str | None = None) 
                 rle = mask_utils.frPyObjects([polygon], height, width)
                 ann.update(segmentation=[polygon], area=float(mask_utils.area(rle)[0]))
             annotations.append(ann)
-    dropped["label files without image"] = sum(1 for p in _files(label_dir)
-                                               if p.suffix == ".txt" and p not in labels_used)
+    dropped["label files without image"] = sum(
+        1 for p in _files(label_dir) if p.suffix == ".txt" and p not in labels_used
+    )
     what = f"YOLO {root.name}" + (f" {split} split" if split else "")
     return _coco(what, images, annotations, _categories(class_names), marked, dropped)
 
@@ -426,15 +475,20 @@ def _read_yolo_label(path: Path, num_classes: int, width: int, height: int) -> l
         if not values:
             continue
         if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
-            msg = (f"expected 'class cx cy w h' (5 values) or 'class x1 y1 x2 y2 x3 y3 ...' "
-                   f"(an odd number >= 7), got {len(values)} values")  # fmt: skip
+            msg = (
+                f"expected 'class cx cy w h' (5 values) or 'class x1 y1 x2 y2 x3 y3 ...' "
+                f"(an odd number >= 7), got {len(values)} values"
+            )
             raise CocoDataError(f"{record}: field 'line': {msg}")
         class_index = int(values[0]) if values[0].isdigit() else -1
         if not 0 <= class_index < num_classes:
             msg = f"expected a class index 0..{num_classes - 1} (from the names), got {values[0]!r}"
             raise CocoDataError(f"{record}: field 'class': {msg}")
-        keys = ["cx", "cy", "w", "h"] if len(values) == 5 else [
-            f"{'xy'[i % 2]}{i // 2 + 1}" for i in range(len(values) - 1)]  # fmt: skip
+        keys = (
+            ["cx", "cy", "w", "h"]
+            if len(values) == 5
+            else [f"{'xy'[i % 2]}{i // 2 + 1}" for i in range(len(values) - 1)]
+        )
         numbers = [_yolo_number(text, key, record) for text, key in zip(values[1:], keys)]
         if len(values) == 5:
             cx, cy, w, h = numbers
@@ -491,12 +545,19 @@ def imagefolder_to_coco(root: str | Path) -> dict:
         for path in pictures:
             width, height = _image_size(path)
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": path.relative_to(root).as_posix(),
-                           "width": width, "height": height})  # fmt: skip
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": path.relative_to(root).as_posix(),
+                    "width": width,
+                    "height": height,
+                }
+            )
             bbox = [0, 0, width, height]
             annotations.append(_box_annotation(image_id, image_id, category_id, bbox))
-    return _coco(f"ImageFolder {root.name}", images, annotations, _categories(classes),
-                 dropped=dropped)  # fmt: skip
+    return _coco(
+        f"ImageFolder {root.name}", images, annotations, _categories(classes), dropped=dropped
+    )
 
 
 # --- MOTChallenge --------------------------------------------------------------------------
@@ -571,16 +632,26 @@ def mot_to_coco(
     count = len(file_names)
     if not 1 <= chunks <= count:
         raise CocoDataError(f"{source}: chunks must be in 1..{count} (frames), got {chunks}")
-    images = [{"id": frame, "file_name": file_name, "width": width, "height": height,
-               "frame": frame, "sequence": name, "camera_id": (frame - 1) * chunks // count + 1}
-              for frame, file_name in enumerate(file_names, 1)]  # fmt: skip
+    images = [
+        {
+            "id": frame,
+            "file_name": file_name,
+            "width": width,
+            "height": height,
+            "frame": frame,
+            "sequence": name,
+            "camera_id": (frame - 1) * chunks // count + 1,
+        }
+        for frame, file_name in enumerate(file_names, 1)
+    ]
     annotations, marked, dropped = _mot_annotations(rows, gt, count, min_visibility)
     what = f"MOTChallenge {name}" + (f" in {chunks} time chunks (camera_id)" if chunks > 1 else "")
     return _coco(what, images, annotations, _categories(["person"]), marked, dropped)
 
 
-def _mot_annotations(rows: list[_MotRow], gt: Path, count: int,
-                     min_visibility: float) -> tuple[list[dict], Counter, Counter]:  # fmt: skip
+def _mot_annotations(
+    rows: list[_MotRow], gt: Path, count: int, min_visibility: float
+) -> tuple[list[dict], Counter, Counter]:
     """Annotations of the rows (sorted by frame, then identity) and the marked/dropped counts."""
     annotations, marked, dropped = [], Counter(), Counter()
     for row in sorted(rows, key=lambda r: (r.frame, r.track_id)):
@@ -634,10 +705,17 @@ def _read_mot_gt(path: Path) -> list[_MotRow]:
             raise CocoDataError(f"{record}: field 'id': {msg}")
         seen[frame, track_id] = number
         has_class = len(fields) in (8, 9)
-        rows.append(_MotRow(number, frame, track_id, values[2:6],
-                            values[6] if len(values) > 6 else 1.0,
-                            _mot_int(values[7], "class", record) if has_class else MOT_PEDESTRIAN,
-                            values[8] if len(fields) == 9 else None))  # fmt: skip
+        rows.append(
+            _MotRow(
+                number,
+                frame,
+                track_id,
+                values[2:6],
+                values[6] if len(values) > 6 else 1.0,
+                _mot_int(values[7], "class", record) if has_class else MOT_PEDESTRIAN,
+                values[8] if len(fields) == 9 else None,
+            )
+        )
     return rows
 
 
@@ -681,8 +759,14 @@ def _mot_sequence(folder: Path, frames: str | Path | None) -> tuple[str, int, in
 
 def _seqinfo(folder: Path) -> dict[str, str]:
     """``[Sequence]`` of ``seqinfo.ini`` (lower-case keys); MOT15-style defaults where absent."""
-    seq = {"name": folder.name, "imdir": "img1", "imext": ".jpg", "seqlength": "0",
-           "imwidth": "0", "imheight": "0"}  # fmt: skip
+    seq = {
+        "name": folder.name,
+        "imdir": "img1",
+        "imext": ".jpg",
+        "seqlength": "0",
+        "imwidth": "0",
+        "imheight": "0",
+    }
     path, parser = folder / "seqinfo.ini", configparser.ConfigParser()
     try:
         parser.read(path)
@@ -801,16 +885,21 @@ def coco_to_yolo(
         label.write_text("".join(lines))  # not atomic: fsync per file is slow on 100k labels
         _place_image(index.image_path(image_id), output_dir / "images" / relative, copy_images)
         summary.boxes += len(lines)
-    names = {"train": "images", "val": "images", "nc": index.num_classes,
-             "names": index.category_names}  # fmt: skip
+    names = {
+        "train": "images",
+        "val": "images",
+        "nc": index.num_classes,
+        "names": index.category_names,
+    }
     atomic_write_text(output_dir / "data.yaml", yaml.safe_dump(names, sort_keys=False))
     summary.marked = {k: v for k, v in sorted(marked.items()) if v}
     summary.dropped = {k: v for k, v in sorted(dropped.items()) if v}
     return summary
 
 
-def _yolo_points(ann: dict, width: int, height: int, segments: bool,
-                 marked: Counter) -> list[float] | None:  # fmt: skip
+def _yolo_points(
+    ann: dict, width: int, height: int, segments: bool, marked: Counter
+) -> list[float] | None:
     """Normalised ``cx cy w h`` (or polygon x y ...) of one annotation; None if outside."""
     x, y, w, h = ann["bbox"]
     seg = ann.get("segmentation")

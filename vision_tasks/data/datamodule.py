@@ -67,9 +67,13 @@ class EpochSeededLoader(DataLoader):
     """
 
     def __init__(
-        self, *args: Any, seed: int, epoch_and_rank: Callable[[], tuple[int, int]],
-        before_epoch: Callable[[Dataset], None] | None = None, **kwargs: Any,
-    ) -> None:  # fmt: skip
+        self,
+        *args: Any,
+        seed: int,
+        epoch_and_rank: Callable[[], tuple[int, int]],
+        before_epoch: Callable[[Dataset], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, generator=torch.Generator(), **kwargs)
         self.seed, self.epoch_and_rank, self.before_epoch = seed, epoch_and_rank, before_epoch
 
@@ -211,8 +215,10 @@ class VisionDataModule(L.LightningDataModule):
         reference_split = "train" if "train" in indexes else next(iter(indexes))
         reference = indexes[reference_split]
         if self.needs_categories and not reference.categories:
-            raise CocoDataError(f"{reference.json_path}: field 'categories': the list is empty; "
-                                f"this task needs at least one category")  # fmt: skip
+            raise CocoDataError(
+                f"{reference.json_path}: field 'categories': the list is empty; "
+                f"this task needs at least one category"
+            )
         for index in indexes.values():
             if index.category_ids != reference.category_ids:
                 raise CocoDataError(
@@ -226,8 +232,10 @@ class VisionDataModule(L.LightningDataModule):
         """Evaluate with a trained model's categories; the test split must carry the same ids."""
         index, ids = self.index("test"), [c["id"] for c in categories]
         if index.category_ids != ids:
-            raise CocoDataError(f"{index.json_path}: category ids {index.category_ids} differ "
-                                f"from the checkpoint's {ids}")  # fmt: skip
+            raise CocoDataError(
+                f"{index.json_path}: category ids {index.category_ids} differ "
+                f"from the checkpoint's {ids}"
+            )
         self.categories = [dict(c) for c in categories]
 
     # ---- Lightning hooks -----------------------------------------------------------------
@@ -265,8 +273,9 @@ class VisionDataModule(L.LightningDataModule):
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
             if split not in self._indexes:
-                raise CocoDataError(f"no {split} split given: pass --data.{split}_json and "
-                                    f"--data.{split}_images")
+                raise CocoDataError(
+                    f"no {split} split given: pass --data.{split}_json and --data.{split}_images"
+                )
             self.datasets[split] = self._build(split)
         return self.datasets[split]
 
@@ -276,8 +285,10 @@ class VisionDataModule(L.LightningDataModule):
         index = self._indexes[split]
         dataset = self.build_dataset(index, split == "train")
         if len(dataset) == 0:
-            raise CocoDataError(f"{index.json_path}: the {split} split has no samples: this "
-                                f"task needs {self.describe_samples()}")  # fmt: skip
+            raise CocoDataError(
+                f"{index.json_path}: the {split} split has no samples: this "
+                f"task needs {self.describe_samples()}"
+            )
         return dataset
 
     def _loader(self, dataset: Dataset, training: bool = False, **kwargs: Any) -> DataLoader:
@@ -293,14 +304,24 @@ class VisionDataModule(L.LightningDataModule):
             # Fresh workers every epoch: persistent ones would carry augmentation streams a
             # resumed run cannot rebuild. Their start-up is a small share of an epoch here.
             return EpochSeededLoader(
-                dataset, seed=self._seed(), epoch_and_rank=self._epoch_and_rank,
-                before_epoch=self.before_train_epoch, persistent_workers=False, **common, **kwargs,
-            )  # fmt: skip
+                dataset,
+                seed=self._seed(),
+                epoch_and_rank=self._epoch_and_rank,
+                before_epoch=self.before_train_epoch,
+                persistent_workers=False,
+                **common,
+                **kwargs,
+            )
         if self.num_workers == 0:
             seed_augmentation(dataset, 0)
         # Its own generator: evaluation never moves the global random stream training uses.
-        return DataLoader(dataset, generator=torch.Generator().manual_seed(0),
-                          persistent_workers=self.num_workers > 0, **common, **kwargs)  # fmt: skip
+        return DataLoader(
+            dataset,
+            generator=torch.Generator().manual_seed(0),
+            persistent_workers=self.num_workers > 0,
+            **common,
+            **kwargs,
+        )
 
     def _seed(self) -> int:
         # seed_everything (the CLI always calls it) publishes the seed here, also to DDP workers.

@@ -35,14 +35,45 @@ log = logging.getLogger(__name__)
 SYNTHETIC_VERSION = 1
 
 KEYPOINT_NAMES = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
 SKELETON = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
-    (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)  # fmt: skip
+    (16, 14),
+    (14, 12),
+    (17, 15),
+    (15, 13),
+    (12, 13),
+    (6, 12),
+    (7, 13),
+    (6, 7),
+    (6, 8),
+    (7, 9),
+    (8, 10),
+    (9, 11),
+    (2, 3),
+    (1, 2),
+    (1, 3),
+    (2, 4),
+    (3, 5),
+    (4, 6),
+    (5, 7),
+)
 # Non-contiguous on purpose: exercises the id <-> index maps everywhere.
 PERSON, CIRCLE, SQUARE, TRIANGLE = 1, 3, 5, 7
 CATEGORIES = (
@@ -62,10 +93,23 @@ CATEGORIES = (
 _TRAIN_POOL = {PERSON: 16, CIRCLE: 8, SQUARE: 8, TRIANGLE: 8}
 _VAL_POOL = {PERSON: 8, CIRCLE: 4, SQUARE: 4, TRIANGLE: 4}
 # RGB, far apart, so that no camera's colour cast turns one into another.
-_PALETTE = np.array([
-    (220, 40, 40), (245, 140, 30), (235, 220, 50), (50, 170, 60), (40, 200, 210), (40, 70, 220),
-    (135, 50, 190), (245, 120, 190), (235, 235, 235), (30, 30, 30), (125, 75, 40), (0, 110, 110),
-], dtype=np.float32)  # fmt: skip
+_PALETTE = np.array(
+    [
+        (220, 40, 40),
+        (245, 140, 30),
+        (235, 220, 50),
+        (50, 170, 60),
+        (40, 200, 210),
+        (40, 70, 220),
+        (135, 50, 190),
+        (245, 120, 190),
+        (235, 235, 235),
+        (30, 30, 30),
+        (125, 75, 40),
+        (0, 110, 110),
+    ],
+    dtype=np.float32,
+)
 _SKIN = np.array([(240, 200, 170), (215, 165, 120), (160, 110, 75), (95, 65, 45)], np.float32)
 _PATTERNS = ("solid", "stripes", "checks")
 # Camera "looks" (the re-ID domain shift): RGB gain, brightness offset, blur sigma, noise std.

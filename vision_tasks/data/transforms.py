@@ -50,11 +50,20 @@ def photometric(colour_shift: float = 0.0) -> list[A.BasicTransform]:
     colours training never showed them, so a model left to learn "orange checks -> square"
     fails there. Keep it 0 where colour does tell classes apart.
     """
-    shift = [] if colour_shift <= 0 else [A.OneOf([
-        A.ChannelShuffle(p=1.0),
-        HueTurn(p=1.0),
-        A.ToGray(p=1.0),
-    ], p=colour_shift)]  # fmt: skip
+    shift = (
+        []
+        if colour_shift <= 0
+        else [
+            A.OneOf(
+                [
+                    A.ChannelShuffle(p=1.0),
+                    HueTurn(p=1.0),
+                    A.ToGray(p=1.0),
+                ],
+                p=colour_shift,
+            )
+        ]
+    )
     return [
         *shift,
         A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8),
@@ -76,13 +85,24 @@ def detect_transforms(train: bool, colour_shift: float = 0.0) -> A.Compose:
     if not train:
         return normalize_only()
     augment = [
-        A.Affine(scale=(0.6, 1.5), translate_percent=(-0.15, 0.15), border_mode=cv2.BORDER_CONSTANT,
-                 fill=114, p=0.8),
+        A.Affine(
+            scale=(0.6, 1.5),
+            translate_percent=(-0.15, 0.15),
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=114,
+            p=0.8,
+        ),
         A.HorizontalFlip(p=0.5),
         *photometric(colour_shift),
-    ]  # fmt: skip
-    boxes = A.BboxParams(format="pascal_voc", label_fields=["label", "crowd"], min_visibility=0.25,
-                         min_area=4.0, clip=True, filter_invalid_bboxes=True)  # fmt: skip
+    ]
+    boxes = A.BboxParams(
+        format="pascal_voc",
+        label_fields=["label", "crowd"],
+        min_visibility=0.25,
+        min_area=4.0,
+        clip=True,
+        filter_invalid_bboxes=True,
+    )
     return A.Compose([*augment, *_finish()], bbox_params=boxes)
 
 
@@ -108,20 +128,24 @@ GRAY_STD = 0.25
 
 def homography_photometric() -> A.Compose:
     """Photometric change applied to each grey patch of a training pair on its own."""
-    return A.Compose([
-        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.8),
-        A.RandomGamma(gamma_limit=(80, 120), p=0.3),
-        A.GaussNoise(std_range=(0.01, 0.03), p=0.3),
-    ])  # fmt: skip
+    return A.Compose(
+        [
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.8),
+            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+            A.GaussNoise(std_range=(0.01, 0.03), p=0.3),
+        ]
+    )
 
 
 def homography_transforms(size: int) -> A.Compose:
     """Stacked (P, P, 2) uint8 patches -> (2, size, size) normalised tensor (area-resized)."""
-    return A.Compose([
-        A.Resize(size, size, interpolation=cv2.INTER_AREA),
-        A.Normalize(mean=(GRAY_MEAN, GRAY_MEAN), std=(GRAY_STD, GRAY_STD)),
-        ToTensorV2(),
-    ])  # fmt: skip
+    return A.Compose(
+        [
+            A.Resize(size, size, interpolation=cv2.INTER_AREA),
+            A.Normalize(mean=(GRAY_MEAN, GRAY_MEAN), std=(GRAY_STD, GRAY_STD)),
+            ToTensorV2(),
+        ]
+    )
 
 
 def reid_transforms(height: int, width: int, train: bool) -> A.Compose:
@@ -154,10 +178,16 @@ def keypoint_transforms(train: bool) -> A.Compose:
     keypoints = A.KeypointParams(format="xy", remove_invisible=False)
     augment = [
         A.HorizontalFlip(p=0.5),
-        A.Affine(scale=(0.75, 1.25), rotate=(-30, 30), translate_percent=(-0.05, 0.05),
-                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.8),
+        A.Affine(
+            scale=(0.75, 1.25),
+            rotate=(-30, 30),
+            translate_percent=(-0.05, 0.05),
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            p=0.8,
+        ),
         *photometric(),
-    ]  # fmt: skip
+    ]
     return A.Compose([*augment, *_finish()], keypoint_params=keypoints, save_applied_params=True)
 
 
@@ -166,10 +196,15 @@ _MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
 
 def segment_transforms(
-    size: int, crop_size: int, train: bool, scale_range: tuple[float, float] = (0.75, 1.25),
-    ignore_index: int = 255, square: bool = True, colour_shift: float = 0.0,
+    size: int,
+    crop_size: int,
+    train: bool,
+    scale_range: tuple[float, float] = (0.75, 1.25),
+    ignore_index: int = 255,
+    square: bool = True,
+    colour_shift: float = 0.0,
     soft_masks: bool = False,
-) -> A.Compose:  # fmt: skip
+) -> A.Compose:
     """Semantic segmentation: image + ``mask`` label map; masks only ever use nearest resampling.
 
     Both stages first resize the long side to ``size``. Training then rescales by a random
@@ -186,30 +221,62 @@ def segment_transforms(
     nearest = cv2.INTER_NEAREST
     if soft_masks:
         ignore_index = 0
-    resize = A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA,
-                              mask_interpolation=cv2.INTER_AREA if soft_masks else nearest)
+    resize = A.LongestMaxSize(
+        max_size=size,
+        interpolation=cv2.INTER_AREA,
+        mask_interpolation=cv2.INTER_AREA if soft_masks else nearest,
+    )
     if not train:
         side = -(-size // 32) * 32
-        extent = {"min_height": side, "min_width": side} if square else {
-            "min_height": None, "min_width": None, "pad_height_divisor": 32,
-            "pad_width_divisor": 32}  # fmt: skip
-        pad = A.PadIfNeeded(**extent, position="top_left", border_mode=cv2.BORDER_CONSTANT,
-                            fill=_MEAN_RGB, fill_mask=ignore_index)  # fmt: skip
+        extent = (
+            {"min_height": side, "min_width": side}
+            if square
+            else {
+                "min_height": None,
+                "min_width": None,
+                "pad_height_divisor": 32,
+                "pad_width_divisor": 32,
+            }
+        )
+        pad = A.PadIfNeeded(
+            **extent,
+            position="top_left",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=_MEAN_RGB,
+            fill_mask=ignore_index,
+        )
         return A.Compose([resize, pad, *_finish()])
     low, high = scale_range
     # RandomScale truncates each side (int(side * scale)): a 1-px side (a 2000x1 image) would
     # become 0 px. Sides this short are padded first; longer ones are left alone.
     shortest = math.ceil(1 / low) + 1
     augment = [
-        A.PadIfNeeded(shortest, shortest, position="center", border_mode=cv2.BORDER_CONSTANT,
-                      fill=_MEAN_RGB, fill_mask=ignore_index),
-        A.RandomScale(scale_limit=(low - 1, high - 1), interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_LINEAR if soft_masks else nearest, p=1.0),
-        A.RandomCrop(crop_size, crop_size, pad_if_needed=True, pad_position="random",
-                     border_mode=cv2.BORDER_CONSTANT, fill=_MEAN_RGB, fill_mask=ignore_index),
+        A.PadIfNeeded(
+            shortest,
+            shortest,
+            position="center",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=_MEAN_RGB,
+            fill_mask=ignore_index,
+        ),
+        A.RandomScale(
+            scale_limit=(low - 1, high - 1),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_LINEAR if soft_masks else nearest,
+            p=1.0,
+        ),
+        A.RandomCrop(
+            crop_size,
+            crop_size,
+            pad_if_needed=True,
+            pad_position="random",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=_MEAN_RGB,
+            fill_mask=ignore_index,
+        ),
         A.HorizontalFlip(p=0.5),
         *photometric(colour_shift),
-    ]  # fmt: skip
+    ]
     return A.Compose([resize, *augment, *_finish()])
 
 
@@ -226,13 +293,29 @@ def multitask_transforms(
     if not train:
         return normalize_only()
     augment = [
-        A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_CONSTANT,
-                 fill=114, fill_mask=ignore_index, p=0.8),
+        A.Affine(
+            scale=(0.75, 1.25),
+            translate_percent=(-0.1, 0.1),
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=114,
+            fill_mask=ignore_index,
+            p=0.8,
+        ),
         A.HorizontalFlip(p=0.5),
         *photometric(colour_shift),
-    ]  # fmt: skip
-    boxes = A.BboxParams(format="pascal_voc", label_fields=["instance"], min_visibility=0.25,
-                         min_area=4.0, clip=True, filter_invalid_bboxes=True)  # fmt: skip
+    ]
+    boxes = A.BboxParams(
+        format="pascal_voc",
+        label_fields=["instance"],
+        min_visibility=0.25,
+        min_area=4.0,
+        clip=True,
+        filter_invalid_bboxes=True,
+    )
     keypoints = A.KeypointParams(format="xy", remove_invisible=False)
-    return A.Compose([*augment, *_finish()], bbox_params=boxes, keypoint_params=keypoints,
-                     save_applied_params=True)  # fmt: skip
+    return A.Compose(
+        [*augment, *_finish()],
+        bbox_params=boxes,
+        keypoint_params=keypoints,
+        save_applied_params=True,
+    )

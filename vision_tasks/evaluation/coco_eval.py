@@ -22,14 +22,33 @@ from torchmetrics.utilities import dim_zero_cat
 
 from vision_tasks.data.coco import CocoIndex, load_results
 
-BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
-             "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # fmt: skip
+BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 # COCO's per-keypoint OKS sigmas for the 17 person keypoints (pycocotools' default).
-COCO_PERSON_SIGMAS = np.array(
-    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62,
-     1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
-) / 10.0  # fmt: skip
+COCO_PERSON_SIGMAS = (
+    np.array(
+        [
+            0.26,
+            0.25,
+            0.25,
+            0.35,
+            0.35,
+            0.79,
+            0.79,
+            0.72,
+            0.72,
+            0.62,
+            0.62,
+            1.07,
+            1.07,
+            0.87,
+            0.87,
+            0.89,
+            0.89,
+        ]
+    )
+    / 10.0
+)
 
 
 @dataclass
@@ -83,6 +102,7 @@ def _per_category(evaluator: COCOeval, gt: COCO) -> list[dict[str, Any]]:
     iou_thresholds = list(evaluator.params.iouThrs)
     rows = []
     for k, cat_id in enumerate(evaluator.params.catIds):
+
         def ap(p: np.ndarray) -> float:
             valid = p[p > -1]
             return float(valid.mean()) if valid.size else -1.0
@@ -109,8 +129,13 @@ def _pr_curves(evaluator: COCOeval, gt: COCO) -> list[dict[str, Any]]:
     for k, cat_id in enumerate(evaluator.params.catIds):
         p = precision[t, :, k, 0, -1]
         if (p > -1).any():
-            curves.append({"label": gt.cats[cat_id]["name"], "x": recall.tolist(),
-                           "y": np.clip(p, 0, None).tolist()})  # fmt: skip
+            curves.append(
+                {
+                    "label": gt.cats[cat_id]["name"],
+                    "x": recall.tolist(),
+                    "y": np.clip(p, 0, None).tolist(),
+                }
+            )
     return curves
 
 
@@ -123,11 +148,19 @@ def results_from_predictions(predictions: list[dict[str, Any]]) -> list[dict[str
     records = []
     for prediction in predictions:
         image_id = int(prediction["image_id"])
-        for box, score, category in zip(prediction["bbox"].tolist(), prediction["score"].tolist(),
-                                        prediction["category_id"].tolist()):  # fmt: skip
-            records.append({"image_id": image_id, "category_id": int(category),
-                            "bbox": [round(v, 3) for v in box],
-                            "score": round(score, 5)})  # fmt: skip
+        for box, score, category in zip(
+            prediction["bbox"].tolist(),
+            prediction["score"].tolist(),
+            prediction["category_id"].tolist(),
+        ):
+            records.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(category),
+                    "bbox": [round(v, 3) for v in box],
+                    "score": round(score, 5),
+                }
+            )
     return records
 
 
@@ -166,15 +199,25 @@ class CocoBoxMetric(Metric):
         scores = _gathered(self.det_scores)
         if len(scores):
             boxes = _gathered(self.det_boxes).reshape(-1, 4)
-            predictions = [{"image_id": 0, "bbox": boxes, "score": scores,
-                            "category_id": _gathered(self.det_categories)}]  # fmt: skip
+            predictions = [
+                {
+                    "image_id": 0,
+                    "bbox": boxes,
+                    "score": scores,
+                    "category_id": _gathered(self.det_categories),
+                }
+            ]
             records = results_from_predictions(predictions)
             for record, image_id in zip(records, _gathered(self.det_image_ids).tolist()):
                 record["image_id"] = image_id
             records = _unique_records(records)
         result = coco_evaluate(self.index, records, "bbox", image_ids=image_ids)
-        return {**result.stats, "result": result, "images": len(image_ids),
-                "detections": len(records)}  # fmt: skip
+        return {
+            **result.stats,
+            "result": result,
+            "images": len(image_ids),
+            "detections": len(records),
+        }
 
 
 def _unique_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

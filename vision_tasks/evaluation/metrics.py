@@ -38,8 +38,10 @@ class CornerError(Metric):
     def update(self, predicted: Tensor, target: Tensor, failed: Tensor | None = None) -> None:
         """Add (B, 4, 2) predicted and true corners; ``failed`` is an optional (B,) bool mask."""
         if predicted.shape != target.shape or predicted.shape[-2:] != (4, 2):
-            raise ValueError(f"expected (B, 4, 2) corners, got {tuple(predicted.shape)} and "
-                             f"{tuple(target.shape)}")  # fmt: skip
+            raise ValueError(
+                f"expected (B, 4, 2) corners, got {tuple(predicted.shape)} and "
+                f"{tuple(target.shape)}"
+            )
         errors = (predicted.double() - target.double()).norm(dim=-1).mean(dim=-1)
         self.errors.append(errors)
         if failed is not None:
@@ -125,9 +127,12 @@ class ReidMetric(Metric):
     full_state_update = False
 
     def __init__(
-        self, max_rank: int = 50, num_examples: int = 6, example_top_k: int = 10,
+        self,
+        max_rank: int = 50,
+        num_examples: int = 6,
+        example_top_k: int = 10,
         chunk_size: int = 512,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.max_rank, self.chunk_size = max_rank, chunk_size
         self.num_examples, self.example_top_k = num_examples, example_top_k
@@ -135,9 +140,13 @@ class ReidMetric(Metric):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(
-        self, embeddings: Tensor, identities: Tensor, cameras: Tensor, is_query: Tensor,
+        self,
+        embeddings: Tensor,
+        identities: Tensor,
+        cameras: Tensor,
+        is_query: Tensor,
         keys: Tensor,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Add (B, D) embeddings with their (B,) identities, cameras, query flags and keys."""
         self.embeddings.append(embeddings.detach().float())
         self.identities.append(identities.long())
@@ -165,8 +174,9 @@ class ReidMetric(Metric):
         for start in range(0, len(q), self.chunk_size):
             rows = q[start : start + self.chunk_size]
             distances = torch.cdist(feats[rows], feats[g])
-            h, a, v = market1501_rank(distances, ids[rows], cams[rows], ids[g], cams[g],
-                                      self.max_rank)  # fmt: skip
+            h, a, v = market1501_rank(
+                distances, ids[rows], cams[rows], ids[g], cams[g], self.max_rank
+            )
             hits.append(h[v])
             ap.append(a[v])
             valid.append(v)
@@ -195,9 +205,14 @@ class ReidMetric(Metric):
         }
 
     def _examples(
-        self, feats: Tensor, ids: Tensor, cams: Tensor, keys: Tensor, queries: Tensor,
+        self,
+        feats: Tensor,
+        ids: Tensor,
+        cams: Tensor,
+        keys: Tensor,
+        queries: Tensor,
         gallery: Tensor,
-    ) -> dict[str, Tensor]:  # fmt: skip
+    ) -> dict[str, Tensor]:
         """Top-k gallery keys (junk removed) of a few valid queries spread over the set."""
         if len(queries) == 0 or self.num_examples == 0:
             return {}
@@ -299,9 +314,14 @@ class KeypointMetric(Metric):
         self.every_image = False
 
     def update(
-        self, sample_ids: Tensor, image_ids: Tensor, predicted: Tensor, scores: Tensor,
-        truth: Tensor, box_sizes: Tensor,
-    ) -> None:  # fmt: skip
+        self,
+        sample_ids: Tensor,
+        image_ids: Tensor,
+        predicted: Tensor,
+        scores: Tensor,
+        truth: Tensor,
+        box_sizes: Tensor,
+    ) -> None:
         """Add B instances.
 
         Args:
@@ -332,17 +352,25 @@ class KeypointMetric(Metric):
         image_ids = dim_zero_cat(self.image_ids).cpu()[keep].tolist()
         values = _pck(predicted, truth, sizes, self.pck_threshold)
         records = [
-            {"image_id": image_id, "category_id": self.category_id,
-             "keypoints": [round(v, 3) for v in points.flatten().tolist()],
-             "score": round(float(score), 6)}
+            {
+                "image_id": image_id,
+                "category_id": self.category_id,
+                "keypoints": [round(v, 3) for v in points.flatten().tolist()],
+                "score": round(float(score), 6),
+            }
             for image_id, points, score in zip(image_ids, predicted, scores)
-        ]  # fmt: skip
+        ]
         values.update(instances=len(records), records=records)
         if self.index is not None:
             seen = None if self.every_image else sorted(set(image_ids))
-            result = coco_evaluate(self.index, records, "keypoints", image_ids=seen,
-                                   keypoint_sigmas=self.sigmas,
-                                   category_ids=[self.category_id])  # fmt: skip
+            result = coco_evaluate(
+                self.index,
+                records,
+                "keypoints",
+                image_ids=seen,
+                keypoint_sigmas=self.sigmas,
+                category_ids=[self.category_id],
+            )
             values.update(result.stats)
         return values
 

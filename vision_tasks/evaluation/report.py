@@ -182,8 +182,9 @@ def render_image_grid(figure: Figure) -> bytes:
     aspect = float(np.median([im.shape[0] / im.shape[1] for im in images])) if images else 1.0
     cell_width = 3.2 if aspect > 0.5 else 6.4
     cell_height = cell_width * aspect + 0.4  # + the caption line
-    fig, axes = plt.subplots(rows, columns, figsize=(cell_width * columns, cell_height * rows),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(cell_width * columns, cell_height * rows), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption, good in zip(axes.flat, images, captions, ok):

@@ -123,9 +123,12 @@ class BaseTask(L.LightningModule):
         return predictions
 
     def write_predictions(
-        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        self,
+        predictions: list[dict[str, Any]],
+        images: list[np.ndarray],
+        names: list[str],
         out_dir: Path,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path]:
         """Write one batch of decoded predictions (files, drawings) into ``out_dir``."""
         raise NotImplementedError(f"tools/predict.py does not support task {self.task_name!r}")
 
@@ -212,8 +215,11 @@ class BaseTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the task (evaluate/predict refuse a wrong one) and the random state."""
-        checkpoint["vision_tasks"] = {"task": self.task_name, "format": 1,
-                                      "rng": capture_rng_state()}  # fmt: skip
+        checkpoint["vision_tasks"] = {
+            "task": self.task_name,
+            "format": 1,
+            "rng": capture_rng_state(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the saved random state for :meth:`on_train_start` (resuming)."""
@@ -261,12 +267,19 @@ class BaseTask(L.LightningModule):
         ]
         # The fused kernel updates every tensor in one pass: on a 2-core CPU the per-tensor loop
         # of the default implementation took 12% of a segmentation step (45 ms against 16 ms).
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
-                    for group in param_groups for p in group["params"])  # fmt: skip
+        fused = all(
+            p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+            for group in param_groups
+            for p in group["params"]
+        )
         optimizer = torch.optim.AdamW(param_groups, lr=hp.lr, fused=fused or None)
         self._time_fraction = 0.0
-        schedule = warmup_cosine(self._total_steps(), self._warmup_steps(), hp.min_lr_ratio,
-                                 time_fraction=lambda: self._time_fraction)  # fmt: skip
+        schedule = warmup_cosine(
+            self._total_steps(),
+            self._warmup_steps(),
+            hp.min_lr_ratio,
+            time_fraction=lambda: self._time_fraction,
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         schedule_config = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule_config}
@@ -306,9 +319,11 @@ class BaseTask(L.LightningModule):
 
 
 def warmup_cosine(
-    total_steps: float, warmup_steps: float, min_ratio: float,
+    total_steps: float,
+    warmup_steps: float,
+    min_ratio: float,
     time_fraction: Callable[[], float] | None = None,
-) -> Callable[[int], float]:  # fmt: skip
+) -> Callable[[int], float]:
     """LR multiplier: linear warm-up to 1, then cosine down to ``min_ratio`` at ``total_steps``.
 
     With ``time_fraction`` (the share of a time budget spent, 0..1), the cosine runs at the
@@ -348,8 +363,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             return
         removed = remove_stale_temporaries(self.dirpath, suffix=self.FILE_EXTENSION)
         if removed:
-            log.info("%s: removed %d temporary file(s) of interrupted checkpoint saves: %s",
-                     self.dirpath, len(removed), ", ".join(p.name for p in removed))  # fmt: skip
+            log.info(
+                "%s: removed %d temporary file(s) of interrupted checkpoint saves: %s",
+                self.dirpath,
+                len(removed),
+                ", ".join(p.name for p in removed),
+            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save best (if improved), then last, where Lightning saves at validation end."""

@@ -113,9 +113,20 @@ class ClassifyData(VisionDataModule):
         colour_shift: float = 0.0,
     ) -> None:
         super().__init__(
-            train_json, train_images, val_json, val_images, test_json, test_images, image_size,
-            batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
-        )  # fmt: skip
+            train_json,
+            train_images,
+            val_json,
+            val_images,
+            test_json,
+            test_images,
+            image_size,
+            batch_size,
+            num_workers,
+            policy,
+            synthetic_seed,
+            synthetic_train,
+            synthetic_val,
+        )
         self.mode = mode
         self.crop_margin = crop_margin
         self.colour_shift = colour_shift
@@ -202,9 +213,17 @@ class ClassifyTask(BaseTask):
         min_lr_ratio: float = 0.05,
     ) -> None:
         super().__init__(
-            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
-            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
-        )  # fmt: skip
+            backbone,
+            backbone_weights,
+            3,
+            freeze_at,
+            lr,
+            backbone_lr_mult,
+            weight_decay,
+            warmup_epochs,
+            freeze_backbone_epochs,
+            min_lr_ratio,
+        )
         if not categories:
             raise ValueError("ClassifyTask needs categories (linked from the data module)")
         self.categories = categories
@@ -252,10 +271,13 @@ class ClassifyTask(BaseTask):
         predicted = outputs.argmax(dim=1).tolist()
         truth = batch["label"].tolist()
         return [
-            (np.ascontiguousarray(img), f"{self.class_names[p]} (true: {self.class_names[t]})",
-             p == t)
+            (
+                np.ascontiguousarray(img),
+                f"{self.class_names[p]} (true: {self.class_names[t]})",
+                p == t,
+            )
             for img, p, t in zip(images, predicted, truth)
-        ]  # fmt: skip
+        ]
 
     def build_report(self, values: dict[str, Any], samples: list) -> Report:
         """Top-1/top-5, per-class accuracy table, confusion matrix, prediction grid."""
@@ -268,12 +290,23 @@ class ClassifyTask(BaseTask):
         ]
         headline = {"top1": float(values["top1"]), "top5": float(values["top5"])}
         figures = [
-            Figure("confusion_matrix", "confusion_matrix", "Confusion matrix",
-                   {"matrix": confusion, "names": self.class_names}),
-            Figure("predictions", "image_grid", "Predictions (true class in brackets)",
-                   {"images": [s[0] for s in samples], "captions": [s[1] for s in samples],
-                    "ok": [s[2] for s in samples]}),
-        ]  # fmt: skip
+            Figure(
+                "confusion_matrix",
+                "confusion_matrix",
+                "Confusion matrix",
+                {"matrix": confusion, "names": self.class_names},
+            ),
+            Figure(
+                "predictions",
+                "image_grid",
+                "Predictions (true class in brackets)",
+                {
+                    "images": [s[0] for s in samples],
+                    "captions": [s[1] for s in samples],
+                    "ok": [s[2] for s in samples],
+                },
+            ),
+        ]
         metrics = {**headline, "samples": int(confusion.sum())}
         return Report("classify", headline, metrics, {"per_class": table}, figures)
 
@@ -285,9 +318,12 @@ class ClassifyTask(BaseTask):
         return {"image": transform(image=image)["image"]}
 
     def write_predictions(
-        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        self,
+        predictions: list[dict[str, Any]],
+        images: list[np.ndarray],
+        names: list[str],
         out_dir: Path,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path]:
         """``<stem>_pred.jpg``: the image with its top class and score written on it."""
         name_of = {c["id"]: c["name"] for c in self.categories}
         written = []

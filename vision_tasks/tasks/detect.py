@@ -69,9 +69,11 @@ class DetectDataset(Dataset):
         if self.train:
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             out = self.transform(
-                image=square, bboxes=boxes[keep], label=np.array(labels)[keep],
+                image=square,
+                bboxes=boxes[keep],
+                label=np.array(labels)[keep],
                 crowd=np.array(crowd)[keep],
-            )  # fmt: skip
+            )
             tensor, boxes = out["image"], np.asarray(out["bboxes"]).reshape(-1, 4)
             labels, crowd = list(out["label"]), list(out["crowd"])
         else:
@@ -124,9 +126,20 @@ class DetectData(VisionDataModule):
         colour_shift: float = 0.0,
     ) -> None:
         super().__init__(
-            train_json, train_images, val_json, val_images, test_json, test_images, image_size,
-            batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
-        )  # fmt: skip
+            train_json,
+            train_images,
+            val_json,
+            val_images,
+            test_json,
+            test_images,
+            image_size,
+            batch_size,
+            num_workers,
+            policy,
+            synthetic_seed,
+            synthetic_train,
+            synthetic_val,
+        )
         self.colour_shift = colour_shift
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
@@ -151,8 +164,9 @@ class DetectHead(nn.Module):
 
     def __init__(self, width: int, num_classes: int, num_levels: int = 3) -> None:
         super().__init__()
-        self.cls_branches = nn.ModuleList(self._branch(width, num_classes)
-                                          for _ in range(num_levels))  # fmt: skip
+        self.cls_branches = nn.ModuleList(
+            self._branch(width, num_classes) for _ in range(num_levels)
+        )
         self.box_branches = nn.ModuleList(self._branch(width, 4) for _ in range(num_levels))
         prior = 0.01  # start every class score near 1% so the many negatives do not swamp early
         for branch in self.cls_branches:
@@ -160,8 +174,9 @@ class DetectHead(nn.Module):
 
     @staticmethod
     def _branch(width: int, out_channels: int) -> nn.Sequential:
-        return nn.Sequential(ConvBNAct(width, width), ConvBNAct(width, width),
-                             nn.Conv2d(width, out_channels, 1))  # fmt: skip
+        return nn.Sequential(
+            ConvBNAct(width, width), ConvBNAct(width, width), nn.Conv2d(width, out_channels, 1)
+        )
 
     def forward(self, pyramid: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Raw class logits (B, N, C) and box regression (B, N, 4)."""
@@ -213,8 +228,12 @@ def pad_targets(
 def points_inside(points: Tensor, boxes: Tensor) -> Tensor:
     """(N, 2) points vs (B, M, 4) boxes -> (B, M, N) bool, strictly inside."""
     x, y = points[:, 0], points[:, 1]
-    return ((x > boxes[..., 0:1]) & (x < boxes[..., 2:3])
-            & (y > boxes[..., 1:2]) & (y < boxes[..., 3:4]))  # fmt: skip
+    return (
+        (x > boxes[..., 0:1])
+        & (x < boxes[..., 2:3])
+        & (y > boxes[..., 1:2])
+        & (y < boxes[..., 3:4])
+    )
 
 
 @torch.no_grad()
@@ -256,8 +275,9 @@ def task_aligned_assign(
     overlap = torch.where(chosen, ious, torch.full_like(ious, -1.0))
     assigned = overlap.argmax(dim=1)  # (B, N)
     foreground = chosen.any(dim=1)
-    chosen = chosen & (torch.arange(num_objects, device=ious.device).view(1, -1, 1)
-                       == assigned.unsqueeze(1))  # fmt: skip
+    chosen = chosen & (
+        torch.arange(num_objects, device=ious.device).view(1, -1, 1) == assigned.unsqueeze(1)
+    )
     alignment = alignment * chosen
     best_alignment = alignment.amax(dim=-1, keepdim=True).clamp_min(1e-9)
     best_iou = (ious * chosen).amax(dim=-1, keepdim=True)
@@ -395,9 +415,17 @@ class DetectTask(BaseTask):
         min_lr_ratio: float = 0.05,
     ) -> None:
         super().__init__(
-            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
-            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
-        )  # fmt: skip
+            backbone,
+            backbone_weights,
+            3,
+            freeze_at,
+            lr,
+            backbone_lr_mult,
+            weight_decay,
+            warmup_epochs,
+            freeze_backbone_epochs,
+            min_lr_ratio,
+        )
         if not categories:
             raise ValueError("DetectTask needs categories (linked from the data module)")
         self.categories = categories
@@ -417,8 +445,12 @@ class DetectTask(BaseTask):
         pyramid = self.neck([features[level] for level in LEVELS])
         cls_logits, box_regression = self.head(pyramid)
         points, strides = self._grid_for([tuple(p.shape[-2:]) for p in pyramid], images.device)
-        return {"cls_logits": cls_logits, "box_regression": box_regression,
-                "points": points, "strides": strides}  # fmt: skip
+        return {
+            "cls_logits": cls_logits,
+            "box_regression": box_regression,
+            "points": points,
+            "strides": strides,
+        }
 
     def _grid_for(self, shapes: list[tuple], device: torch.device) -> tuple[Tensor, Tensor]:
         key = (tuple(shapes), str(device))
@@ -430,17 +462,29 @@ class DetectTask(BaseTask):
         """Task-aligned assignment, BCE class loss, CIoU box loss."""
         targets = pad_targets(batch["boxes_xyxy"], batch["label"], batch["crowd"])
         hp = self.hparams
-        return detection_loss(outputs["cls_logits"], outputs["box_regression"], outputs["points"],
-                              outputs["strides"], targets, hp.assign_top_k, hp.box_loss_weight,
-                              hp.cls_loss_weight)  # fmt: skip
+        return detection_loss(
+            outputs["cls_logits"],
+            outputs["box_regression"],
+            outputs["points"],
+            outputs["strides"],
+            targets,
+            hp.assign_top_k,
+            hp.box_loss_weight,
+            hp.cls_loss_weight,
+        )
 
     def decode(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Per image: ``bbox`` (K, 4) COCO xywh in original pixels, ``score``, ``category_id``."""
         hp = self.hparams
-        detections = postprocess(outputs["cls_logits"], outputs["box_regression"],
-                                 outputs["points"], outputs["strides"], hp.score_threshold,
-                                 iou_threshold=hp.nms_iou,
-                                 max_detections=hp.max_detections)  # fmt: skip
+        detections = postprocess(
+            outputs["cls_logits"],
+            outputs["box_regression"],
+            outputs["points"],
+            outputs["strides"],
+            hp.score_threshold,
+            iou_threshold=hp.nms_iou,
+            max_detections=hp.max_detections,
+        )
         category_ids = torch.tensor([c["id"] for c in self.categories])
         predictions = []
         for i, (boxes, scores, labels) in enumerate(detections):
@@ -450,12 +494,14 @@ class DetectTask(BaseTask):
             height, width = (int(v) for v in batch["orig_size"][i])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-            predictions.append({
-                "image_id": int(batch["image_id"][i]),
-                "bbox": ops.xyxy_to_xywh(boxes).float().cpu(),
-                "score": scores.float().cpu(),
-                "category_id": category_ids[labels.cpu()],
-            })  # fmt: skip
+            predictions.append(
+                {
+                    "image_id": int(batch["image_id"][i]),
+                    "bbox": ops.xyxy_to_xywh(boxes).float().cpu(),
+                    "score": scores.float().cpu(),
+                    "category_id": category_ids[labels.cpu()],
+                }
+            )
         return predictions
 
     def update_metric(self, metric: CocoBoxMetric, outputs: dict, batch: dict[str, Any]) -> None:
@@ -474,13 +520,18 @@ class DetectTask(BaseTask):
     def draw_samples(self, outputs: dict, batch: dict[str, Any]) -> list:
         """Network inputs with true boxes (green) and detections above 0.3 (red)."""
         images = ops.denormalize(batch["image"].detach().cpu())
-        detections = postprocess(outputs["cls_logits"], outputs["box_regression"],
-                                 outputs["points"], outputs["strides"],
-                                 self.draw_score_threshold)  # fmt: skip
+        detections = postprocess(
+            outputs["cls_logits"],
+            outputs["box_regression"],
+            outputs["points"],
+            outputs["strides"],
+            self.draw_score_threshold,
+        )
         drawn = []
         for image, truth, (boxes, scores, labels) in zip(images, batch["boxes_xyxy"], detections):
-            names = [f"{self.class_names[k]} {s:.2f}"
-                     for k, s in zip(labels.tolist(), scores.tolist())]  # fmt: skip
+            names = [
+                f"{self.class_names[k]} {s:.2f}" for k, s in zip(labels.tolist(), scores.tolist())
+            ]
             image = draw_bounding_boxes(image, truth.cpu(), colors="lime", width=1)
             image = draw_bounding_boxes(image, boxes.cpu(), names, colors="red", width=1)
             drawn.append((image.permute(1, 2, 0).numpy(), f"{len(boxes)} detections", None))
@@ -491,41 +542,59 @@ class DetectTask(BaseTask):
         result = values["result"]
         headline = {k: result.stats[k] for k in ("AP", "AP50", "AP75")}
         figures = [
-            Figure("pr_curves", "curves", "Precision-recall at IoU 0.5 (area all, 100 dets)",
-                   {"series": result.pr_curves, "xlabel": "recall", "ylabel": "precision"}),
-            Figure("predictions", "image_grid", "Detections (red) and ground truth (green)",
-                   {"images": [s[0] for s in samples], "captions": [s[1] for s in samples]}),
-        ]  # fmt: skip
+            Figure(
+                "pr_curves",
+                "curves",
+                "Precision-recall at IoU 0.5 (area all, 100 dets)",
+                {"series": result.pr_curves, "xlabel": "recall", "ylabel": "precision"},
+            ),
+            Figure(
+                "predictions",
+                "image_grid",
+                "Detections (red) and ground truth (green)",
+                {"images": [s[0] for s in samples], "captions": [s[1] for s in samples]},
+            ),
+        ]
         metrics = {**result.stats, "images": values["images"], "detections": values["detections"]}
-        return Report("detect", headline, metrics, {"per_category_AP": result.per_category},
-                      figures)  # fmt: skip
+        return Report(
+            "detect", headline, metrics, {"per_category_AP": result.per_category}, figures
+        )
 
     # ---- tools/predict.py --------------------------------------------------------------------
     def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
         """Letterbox and normalise one RGB image."""
         square, scale, pad_x, pad_y = ops.letterbox_image(image, self.hparams.image_size)
-        return {"image": detect_transforms(False)(image=square)["image"], "scale": scale,
-                "pad": (pad_x, pad_y), "orig_size": image.shape[:2]}  # fmt: skip
+        return {
+            "image": detect_transforms(False)(image=square)["image"],
+            "scale": scale,
+            "pad": (pad_x, pad_y),
+            "orig_size": image.shape[:2],
+        }
 
     def to_results(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One COCO results record per detection."""
         return results_from_predictions(predictions)
 
     def write_predictions(
-        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        self,
+        predictions: list[dict[str, Any]],
+        images: list[np.ndarray],
+        names: list[str],
         out_dir: Path,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path]:
         """Draw detections above 0.3 on each original image, saved as ``<name>.jpg``."""
         index_of = {c["id"]: k for k, c in enumerate(self.categories)}
         written = []
         for prediction, image, name in zip(predictions, images, names):
             keep = prediction["score"] >= self.draw_score_threshold
             boxes = ops.xywh_to_xyxy(prediction["bbox"][keep])
-            labels = [f"{self.class_names[index_of[int(c)]]} {float(s):.2f}"
-                      for c, s in zip(prediction["category_id"][keep],
-                                      prediction["score"][keep])]  # fmt: skip
-            drawn = draw_bounding_boxes(torch.from_numpy(image).permute(2, 0, 1), boxes, labels,
-                                        colors="red", width=2)  # fmt: skip
+            labels = [
+                f"{self.class_names[index_of[int(c)]]} {float(s):.2f}"
+                for c, s in zip(prediction["category_id"][keep], prediction["score"][keep])
+            ]
+            drawn = draw_bounding_boxes(
+                torch.from_numpy(image).permute(2, 0, 1), boxes, labels, colors="red", width=2
+            )
             path = out_dir / f"{Path(name).stem}.jpg"
             atomic_write_image(path, drawn.permute(1, 2, 0).numpy())
             written.append(path)

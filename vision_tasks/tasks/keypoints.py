@@ -66,8 +66,10 @@ def flip_permutation(num_keypoints: int, pairs: list[list[int]]) -> list[int]:
     used: set[int] = set()
     for pair in pairs:
         if len(pair) != 2 or not all(0 <= i < num_keypoints for i in pair) or used & set(pair):
-            raise ValueError(f"flip pair {pair}: expected two distinct, unpaired keypoint indices "
-                             f"in 0..{num_keypoints - 1}")  # fmt: skip
+            raise ValueError(
+                f"flip pair {pair}: expected two distinct, unpaired keypoint indices "
+                f"in 0..{num_keypoints - 1}"
+            )
         used |= set(pair)
         order[pair[0]], order[pair[1]] = pair[1], pair[0]
     return order
@@ -77,12 +79,16 @@ def keypoint_sigmas(category: dict[str, Any], sigmas: list[float] | None) -> np.
     """OKS sigmas (K,) of a category: ``sigmas`` if given, else COCO's for 17 keypoints."""
     count = len(category["keypoints"])
     if sigmas is not None and len(sigmas) != count:
-        raise CocoDataError(f"--model.oks_sigmas has {len(sigmas)} values but category "
-                            f"{category['name']!r} has {count} keypoints")  # fmt: skip
+        raise CocoDataError(
+            f"--model.oks_sigmas has {len(sigmas)} values but category "
+            f"{category['name']!r} has {count} keypoints"
+        )
     if sigmas is None and count != len(COCO_PERSON_SIGMAS):
-        raise CocoDataError(f"category {category['name']!r} has {count} keypoints, not COCO's "
-                            f"17: give their OKS sigmas with --model.oks_sigmas (a list of "
-                            f"{count})")  # fmt: skip
+        raise CocoDataError(
+            f"category {category['name']!r} has {count} keypoints, not COCO's "
+            f"17: give their OKS sigmas with --model.oks_sigmas (a list of "
+            f"{count})"
+        )
     return np.asarray(COCO_PERSON_SIGMAS if sigmas is None else sigmas, dtype=np.float64)
 
 
@@ -90,9 +96,11 @@ def keypoint_sigmas(category: dict[str, Any], sigmas: list[float] | None) -> np.
 
 
 def encode_heatmaps(
-    keypoints: Tensor, heatmap_size: tuple[int, int], sigma: float = 2.0,
+    keypoints: Tensor,
+    heatmap_size: tuple[int, int],
+    sigma: float = 2.0,
     stride: int = HEATMAP_STRIDE,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor]:
     """Gaussian target heatmaps and per-keypoint weights.
 
     Args:
@@ -117,9 +125,11 @@ def encode_heatmaps(
 
 
 def decode_heatmaps(
-    heatmaps: Tensor, sigma: float = 2.0, refine: Literal["dark", "quarter", "none"] = "dark",
+    heatmaps: Tensor,
+    sigma: float = 2.0,
+    refine: Literal["dark", "quarter", "none"] = "dark",
     stride: int = HEATMAP_STRIDE,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor]:
     """Keypoints from heatmaps: arg-max, sub-cell refinement, cells -> crop pixels.
 
     Args:
@@ -261,8 +271,14 @@ class KeypointDataset(Dataset):
             for ann in self.index.annotations(image_id, include_crowd=False):
                 if ann["category_id"] == category_id and ann.get("num_keypoints", 0) > 0:
                     x, y, w, h = ann["bbox"]
-                    samples.append({"image_id": image_id, "box": [x, y, x + w, y + h],
-                                    "score": 1.0, "keypoints": ann["keypoints"]})  # fmt: skip
+                    samples.append(
+                        {
+                            "image_id": image_id,
+                            "box": [x, y, x + w, y + h],
+                            "score": 1.0,
+                            "keypoints": ann["keypoints"],
+                        }
+                    )
         return samples
 
     def __len__(self) -> int:
@@ -304,16 +320,23 @@ def read_detections(
     path = Path(path)
     records, problems, boxes = _load_json(path), [], []
     if not isinstance(records, list):
-        raise CocoDataError(f"{path}: expected a list of detection results, got "
-                            f"{type(records).__name__}")  # fmt: skip
+        raise CocoDataError(
+            f"{path}: expected a list of detection results, got {type(records).__name__}"
+        )
     for i, record in enumerate(records):
         problem = _detection_problem(record, index)
         if problem:
             problems.append(f"{path.name}: result #{i}: {problem}")
         elif record["category_id"] == category_id and record["score"] >= threshold:
             x, y, w, h = record["bbox"]
-            boxes.append({"image_id": record["image_id"], "box": [x, y, x + w, y + h],
-                          "score": float(record["score"]), "keypoints": None})  # fmt: skip
+            boxes.append(
+                {
+                    "image_id": record["image_id"],
+                    "box": [x, y, x + w, y + h],
+                    "score": float(record["score"]),
+                    "keypoints": None,
+                }
+            )
     if problems:
         raise CocoDataError("\n".join([f"{len(problems)} problem(s) in {path}:", *problems[:20]]))
     return boxes
@@ -328,8 +351,14 @@ def _detection_problem(record: Any, index: CocoIndex) -> str | None:
     if not isinstance(record.get("category_id"), int):
         return f"field 'category_id': expected an integer, got {record.get('category_id')!r}"
     box = record.get("bbox")
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, number) for v in box)
-            and all(map(math.isfinite, box)) and box[2] > 0 and box[3] > 0):  # fmt: skip
+    if not (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, number) for v in box)
+        and all(map(math.isfinite, box))
+        and box[2] > 0
+        and box[3] > 0
+    ):
         return f"field 'bbox': expected [x, y, width, height] with a positive size, got {box!r}"
     score = record.get("score")
     if not isinstance(score, number) or not math.isfinite(score):
@@ -371,9 +400,20 @@ class KeypointData(VisionDataModule):
         box_score_threshold: float = 0.3,
     ) -> None:
         super().__init__(
-            train_json, train_images, val_json, val_images, test_json, test_images, image_size,
-            batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
-        )  # fmt: skip
+            train_json,
+            train_images,
+            val_json,
+            val_images,
+            test_json,
+            test_images,
+            image_size,
+            batch_size,
+            num_workers,
+            policy,
+            synthetic_seed,
+            synthetic_train,
+            synthetic_val,
+        )
         crop_size(image_size)  # fail early on a size the backbone cannot take
         self.category = category
         self.crop_margin = crop_margin
@@ -392,9 +432,11 @@ class KeypointData(VisionDataModule):
         if len(named) != 1:
             names = [c["name"] for c in everything if c.get("keypoints")]
             wanted = f"{self.category!r} " if self.category else ""
-            raise CocoDataError(f"{source}: field 'categories': the category {wanted}to learn must "
-                                f"be one with 'keypoints'; those with keypoints: {names} (pick one "
-                                f"with --data.category NAME)")  # fmt: skip
+            raise CocoDataError(
+                f"{source}: field 'categories': the category {wanted}to learn must "
+                f"be one with 'keypoints'; those with keypoints: {names} (pick one "
+                f"with --data.category NAME)"
+            )
         category = named[0]
         pairs = self.flip_pairs
         if pairs is None:
@@ -409,28 +451,42 @@ class KeypointData(VisionDataModule):
         """Evaluate the checkpoint's keypoint category: the test split must define it alike."""
         index, category = self.index("test"), categories[0]
         theirs = next((c for c in index.categories if c["id"] == category["id"]), {})
-        if [theirs.get(k) for k in ("name", "keypoints")] != [category["name"],
-                                                              category["keypoints"]]:
-            raise CocoDataError(f"{index.json_path}: no category id={category['id']} named "
-                                f"{category['name']!r} with the checkpoint's "
-                                f"{len(category['keypoints'])} keypoints")  # fmt: skip
+        if [theirs.get(k) for k in ("name", "keypoints")] != [
+            category["name"],
+            category["keypoints"],
+        ]:
+            raise CocoDataError(
+                f"{index.json_path}: no category id={category['id']} named "
+                f"{category['name']!r} with the checkpoint's "
+                f"{len(category['keypoints'])} keypoints"
+            )
         self.categories = [dict(category)]
 
     def describe_samples(self) -> str:
         """Annotated instances of the keypoint category (or detections, to evaluate on)."""
-        return (f"non-crowd annotations of category {self.categories[0]['name']!r} with "
-                f"labelled keypoints (num_keypoints > 0; with --data.boxes_json: detections "
-                f"scored --data.box_score_threshold or more)")  # fmt: skip
+        return (
+            f"non-crowd annotations of category {self.categories[0]['name']!r} with "
+            f"labelled keypoints (num_keypoints > 0; with --data.boxes_json: detections "
+            f"scored --data.box_score_threshold or more)"
+        )
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """Crops of annotated instances, or of detected boxes for evaluation with ``boxes_json``."""
         category = self.categories[0]
         detections = None
         if not train and self.boxes_json is not None:
-            detections = read_detections(self.boxes_json, index, category["id"],
-                                         self.box_score_threshold)  # fmt: skip
-        return KeypointDataset(index, category, self.image_size, train, self.crop_margin,
-                               category["flip_pairs"], detections)  # fmt: skip
+            detections = read_detections(
+                self.boxes_json, index, category["id"], self.box_score_threshold
+            )
+        return KeypointDataset(
+            index,
+            category,
+            self.image_size,
+            train,
+            self.crop_margin,
+            category["flip_pairs"],
+            detections,
+        )
 
 
 # ---- loss ------------------------------------------------------------------------------------
@@ -486,12 +542,22 @@ class KeypointTask(BaseTask):
         min_lr_ratio: float = 0.05,
     ) -> None:
         super().__init__(
-            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
-            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
-        )  # fmt: skip
+            backbone,
+            backbone_weights,
+            3,
+            freeze_at,
+            lr,
+            backbone_lr_mult,
+            weight_decay,
+            warmup_epochs,
+            freeze_backbone_epochs,
+            min_lr_ratio,
+        )
         if not categories or len(categories) != 1 or not categories[0].get("keypoints"):
-            raise ValueError("KeypointTask needs categories=[one category with keypoints] "
-                             "(linked from KeypointData)")  # fmt: skip
+            raise ValueError(
+                "KeypointTask needs categories=[one category with keypoints] "
+                "(linked from KeypointData)"
+            )
         self.categories = categories
         self.category = categories[0]
         self.keypoint_names = list(self.category["keypoints"])
@@ -516,14 +582,16 @@ class KeypointTask(BaseTask):
 
     def compute_loss(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Weighted heatmap MSE against Gaussians drawn at the batch's keypoints."""
-        targets, weights = encode_heatmaps(batch["keypoints"], outputs.shape[-2:],
-                                           self.hparams.heatmap_sigma)  # fmt: skip
+        targets, weights = encode_heatmaps(
+            batch["keypoints"], outputs.shape[-2:], self.hparams.heatmap_sigma
+        )
         return {"loss": heatmap_loss(outputs, targets, weights)}
 
     def _image_keypoints(self, outputs: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """(B, K, 3) x, y (COCO image pixels), keypoint score, and (B,) instance scores."""
-        points, scores = decode_heatmaps(outputs.detach().float(), self.hparams.heatmap_sigma,
-                                         self.hparams.refine)  # fmt: skip
+        points, scores = decode_heatmaps(
+            outputs.detach().float(), self.hparams.heatmap_sigma, self.hparams.refine
+        )
         matrices = torch.as_tensor(np.asarray(batch["crop_to_image"]))
         points = crop_to_image(points, matrices)
         box_scores = torch.as_tensor(batch["box_score"], dtype=torch.float64).to(scores.device)
@@ -534,8 +602,9 @@ class KeypointTask(BaseTask):
         """Add the decoded instances and their ground truth (in image pixels)."""
         predicted, scores = self._image_keypoints(outputs, batch)
         truth = batch["keypoints"].double()
-        truth = torch.cat([crop_to_image(truth[..., :2], batch["crop_to_image"]),
-                           truth[..., 2:]], dim=-1)  # fmt: skip
+        truth = torch.cat(
+            [crop_to_image(truth[..., :2], batch["crop_to_image"]), truth[..., 2:]], dim=-1
+        )
         sizes = (batch["boxes_xyxy"][:, 2:] - batch["boxes_xyxy"][:, :2]).amax(dim=1)
         metric.update(batch["sample_id"], batch["image_id"], predicted, scores, truth, sizes)
 
@@ -543,10 +612,14 @@ class KeypointTask(BaseTask):
         """COCO keypoint results, one per crop: image id, category id, K x (x, y, score)."""
         keypoints, scores = self._image_keypoints(outputs, batch)
         return [
-            {"image_id": int(image_id), "category_id": self.category["id"],
-             "keypoints": [round(v, 3) for v in points.flatten().tolist()], "score": float(score)}
+            {
+                "image_id": int(image_id),
+                "category_id": self.category["id"],
+                "keypoints": [round(v, 3) for v in points.flatten().tolist()],
+                "score": float(score),
+            }
             for image_id, points, score in zip(batch["image_id"], keypoints.cpu(), scores.cpu())
-        ]  # fmt: skip
+        ]
 
     # ---- evaluation -----------------------------------------------------------------------------
     def _attach_index(self, metric: KeypointMetric, split: str) -> None:
@@ -568,8 +641,9 @@ class KeypointTask(BaseTask):
     def draw_samples(self, outputs: Tensor, batch: dict[str, Any]) -> list:
         """Crops with the predicted skeleton (red) over the labelled keypoints (green)."""
         images = ops.denormalize(batch["image"].detach().cpu())
-        points, _ = decode_heatmaps(outputs.detach().cpu().float(), self.hparams.heatmap_sigma,
-                                    self.hparams.refine)  # fmt: skip
+        points, _ = decode_heatmaps(
+            outputs.detach().cpu().float(), self.hparams.heatmap_sigma, self.hparams.refine
+        )
         truth = batch["keypoints"].detach().cpu()
         # PCK radius in crop pixels: the box size times the crop's scale.
         scale = 1 / batch["crop_to_image"][:, :, :2].detach().cpu().det().abs().sqrt()
@@ -579,10 +653,12 @@ class KeypointTask(BaseTask):
         for i, image in enumerate(images):
             visible = truth[i, :, 2] > 0
             hits = ((points[i] - truth[i, :, :2]).norm(dim=-1) <= radius[i]) & visible
-            drawn = draw_keypoints(image, truth[i : i + 1, :, :2], colors="lime", radius=1,
-                                   visibility=visible[None])  # fmt: skip
-            drawn = draw_keypoints(drawn, points[i : i + 1], self.skeleton, colors="red",
-                                   radius=1, width=1)  # fmt: skip
+            drawn = draw_keypoints(
+                image, truth[i : i + 1, :, :2], colors="lime", radius=1, visibility=visible[None]
+            )
+            drawn = draw_keypoints(
+                drawn, points[i : i + 1], self.skeleton, colors="red", radius=1, width=1
+            )
             caption = f"image {int(batch['image_id'][i])}: {int(hits.sum())}/{int(visible.sum())}"
             ok = bool(hits.sum() == visible.sum()) if visible.any() else None
             samples.append((drawn.permute(1, 2, 0).numpy(), caption, ok))
@@ -595,25 +671,50 @@ class KeypointTask(BaseTask):
         headline = {"AP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"], "PCK": pck}
         table = [
             {"keypoint": name, "PCK": float(p), "visible": int(n), "mean_error_px": float(e)}
-            for name, p, n, e in zip(self.keypoint_names, values.get("pck_per_keypoint", []),
-                                     values.get("visible_per_keypoint", []),
-                                     values.get("error_per_keypoint", []))
-        ]  # fmt: skip
+            for name, p, n, e in zip(
+                self.keypoint_names,
+                values.get("pck_per_keypoint", []),
+                values.get("visible_per_keypoint", []),
+                values.get("error_per_keypoint", []),
+            )
+        ]
         threshold = self.hparams.pck_threshold
         curve = [float(v) for v in values.get("pck_curve", [])]
         figures = [
-            Figure("pck_curve", "curves", "Mean PCK vs radius (fraction of the box's longer side)",
-                   {"series": [{"label": "mean PCK", "x": list(PCK_CURVE_THRESHOLDS[: len(curve)]),
-                                "y": curve}], "xlabel": "radius", "ylabel": "PCK"}),
-            Figure("predictions", "image_grid",
-                   f"Predictions (red), labels (green); caption: keypoints within PCK@{threshold}",
-                   {"images": [s[0] for s in samples], "captions": [s[1] for s in samples],
-                    "ok": [s[2] for s in samples]}),
-        ]  # fmt: skip
+            Figure(
+                "pck_curve",
+                "curves",
+                "Mean PCK vs radius (fraction of the box's longer side)",
+                {
+                    "series": [
+                        {
+                            "label": "mean PCK",
+                            "x": list(PCK_CURVE_THRESHOLDS[: len(curve)]),
+                            "y": curve,
+                        }
+                    ],
+                    "xlabel": "radius",
+                    "ylabel": "PCK",
+                },
+            ),
+            Figure(
+                "predictions",
+                "image_grid",
+                f"Predictions (red), labels (green); caption: keypoints within PCK@{threshold}",
+                {
+                    "images": [s[0] for s in samples],
+                    "captions": [s[1] for s in samples],
+                    "ok": [s[2] for s in samples],
+                },
+            ),
+        ]
         metrics = {**stats, f"PCK@{threshold}": pck, "instances": int(values["instances"])}
-        meta = {"category": self.category["name"], "flip_test": self.hparams.flip_test,
-                "crop (w x h)": "x".join(map(str, self.crop_size)),
-                "refine": self.hparams.refine}  # fmt: skip
+        meta = {
+            "category": self.category["name"],
+            "flip_test": self.hparams.flip_test,
+            "crop (w x h)": "x".join(map(str, self.crop_size)),
+            "refine": self.hparams.refine,
+        }
         return Report("keypoints", headline, metrics, {"per_keypoint": table}, figures, meta)
 
     # ---- tools/predict.py -----------------------------------------------------------------------
@@ -623,21 +724,33 @@ class KeypointTask(BaseTask):
         box = np.array([0.0, 0.0, width, height])
         matrix = ops.box_affine(box - COCO_OFFSET, self.crop_size, margin=0.0)
         crop = ops.crop_affine(image, matrix, self.crop_size)
-        return {"image": keypoint_transforms(False)(image=crop)["image"],
-                "crop_to_image": torch.from_numpy(ops.invert_affine(matrix)),
-                "boxes_xyxy": torch.from_numpy(box), "box_score": 1.0}  # fmt: skip
+        return {
+            "image": keypoint_transforms(False)(image=crop)["image"],
+            "crop_to_image": torch.from_numpy(ops.invert_affine(matrix)),
+            "boxes_xyxy": torch.from_numpy(box),
+            "box_score": 1.0,
+        }
 
     def write_predictions(
-        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        self,
+        predictions: list[dict[str, Any]],
+        images: list[np.ndarray],
+        names: list[str],
         out_dir: Path,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path]:
         """Draw each image's skeleton (keypoints scoring above 0.2) as ``<name>.jpg``."""
         written = []
         for prediction, image, name in zip(predictions, images, names):
             points = torch.tensor(prediction["keypoints"]).reshape(1, -1, 3)
-            drawn = draw_keypoints(torch.from_numpy(image).permute(2, 0, 1), points[..., :2],
-                                   self.skeleton, colors="red", radius=2, width=2,
-                                   visibility=points[..., 2] > 0.2)  # fmt: skip
+            drawn = draw_keypoints(
+                torch.from_numpy(image).permute(2, 0, 1),
+                points[..., :2],
+                self.skeleton,
+                colors="red",
+                radius=2,
+                width=2,
+                visibility=points[..., 2] > 0.2,
+            )
             path = out_dir / f"{Path(name).stem}.jpg"
             atomic_write_image(path, drawn.permute(1, 2, 0).numpy())
             written.append(path)

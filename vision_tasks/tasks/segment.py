@@ -109,22 +109,35 @@ class SegmentDataset(Dataset):
     """
 
     def __init__(
-        self, index: CocoIndex, image_size: int, crop_size: int, train: bool,
-        scale_range: tuple[float, float] = (0.75, 1.25), colour_shift: float = 0.0,
+        self,
+        index: CocoIndex,
+        image_size: int,
+        crop_size: int,
+        train: bool,
+        scale_range: tuple[float, float] = (0.75, 1.25),
+        colour_shift: float = 0.0,
         soft_targets: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if index.num_classes + 1 > IGNORE_INDEX:
-            raise CocoDataError(f"{index.json_path.name}: {index.num_classes} categories; "
-                                f"segmentation supports at most {IGNORE_INDEX - 1}")  # fmt: skip
+            raise CocoDataError(
+                f"{index.json_path.name}: {index.num_classes} categories; "
+                f"segmentation supports at most {IGNORE_INDEX - 1}"
+            )
         self.index = index
         self.image_size = image_size
         self.train = train
         self.soft = soft_targets and train
         # Evaluation pads each image only to the network stride: no compute spent on a square.
-        self.transform = segment_transforms(image_size, crop_size, train, scale_range,
-                                            IGNORE_INDEX, square=False,
-                                            colour_shift=colour_shift,
-                                            soft_masks=self.soft)  # fmt: skip
+        self.transform = segment_transforms(
+            image_size,
+            crop_size,
+            train,
+            scale_range,
+            IGNORE_INDEX,
+            square=False,
+            colour_shift=colour_shift,
+            soft_masks=self.soft,
+        )
         self.image_ids = list(index.image_ids)
 
     def __len__(self) -> int:
@@ -134,8 +147,9 @@ class SegmentDataset(Dataset):
         """The (H, W) uint8 label map of ``image_id`` at its original size."""
         info = self.index.image_info(image_id)
         anns = self.index.annotations(image_id, include_crowd=True)
-        return semantic_label_map(self.index.coco, anns, self.index.cat_to_index, info["height"],
-                                  info["width"])  # fmt: skip
+        return semantic_label_map(
+            self.index.coco, anns, self.index.cat_to_index, info["height"], info["width"]
+        )
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image_id = self.image_ids[i]
@@ -166,8 +180,7 @@ class SegmentDataset(Dataset):
 def one_hot_label_map(label: np.ndarray, num_classes: int) -> np.ndarray:
     """(H, W) label map -> (H, W, num_classes) float32 one-hot; all zeros where ignored."""
     known = label != IGNORE_INDEX
-    return (np.eye(num_classes, dtype=np.float32)[np.where(known, label, 0)]
-            * known[..., None])  # fmt: skip
+    return np.eye(num_classes, dtype=np.float32)[np.where(known, label, 0)] * known[..., None]
 
 
 def hard_label_map(fractions: Tensor) -> Tensor:
@@ -188,8 +201,9 @@ def pad_stack(tensors: list[Tensor], value: float) -> Tensor:
     """Stack (..., H_i, W_i) tensors into (B, ..., H, W), padding bottom/right with ``value``."""
     height = max(t.shape[-2] for t in tensors)
     width = max(t.shape[-1] for t in tensors)
-    return torch.stack([F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value)
-                        for t in tensors])  # fmt: skip
+    return torch.stack(
+        [F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value) for t in tensors]
+    )
 
 
 class SegmentData(VisionDataModule):
@@ -225,9 +239,20 @@ class SegmentData(VisionDataModule):
         soft_targets: bool = False,
     ) -> None:
         super().__init__(
-            train_json, train_images, val_json, val_images, test_json, test_images, image_size,
-            batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
-        )  # fmt: skip
+            train_json,
+            train_images,
+            val_json,
+            val_images,
+            test_json,
+            test_images,
+            image_size,
+            batch_size,
+            num_workers,
+            policy,
+            synthetic_seed,
+            synthetic_train,
+            synthetic_val,
+        )
         if not 0 < scale_min <= scale_max:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
         self.crop_size = crop_size
@@ -237,8 +262,15 @@ class SegmentData(VisionDataModule):
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """One sample per image: augmented crops for training, whole images otherwise."""
-        return SegmentDataset(index, self.image_size, self.crop_size, train, self.scale_range,
-                              self.colour_shift, self.soft_targets)  # fmt: skip
+        return SegmentDataset(
+            index,
+            self.image_size,
+            self.crop_size,
+            train,
+            self.scale_range,
+            self.colour_shift,
+            self.soft_targets,
+        )
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack; evaluation images (sizes may differ) are padded bottom/right with 0 (the
@@ -246,8 +278,7 @@ class SegmentData(VisionDataModule):
         if "mask_original" not in samples[0]:
             return default_collate(samples)
         padded = {"image": 0.0, "mask": IGNORE_INDEX, "mask_original": IGNORE_INDEX}
-        batch = default_collate([{k: v for k, v in s.items() if k not in padded}
-                                 for s in samples])  # fmt: skip
+        batch = default_collate([{k: v for k, v in s.items() if k not in padded} for s in samples])
         for key, value in padded.items():
             batch[key] = pad_stack([s[key] for s in samples], value)
         return batch
@@ -264,9 +295,11 @@ class SegmentHead(nn.Module):
     """
 
     def __init__(
-        self, in_channels: dict[str, int], num_classes: int,
+        self,
+        in_channels: dict[str, int],
+        num_classes: int,
         channels: tuple[int, ...] = (256, 128, 64, 32, 16),
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.decoder = UNetDecoder(in_channels, channels)
         self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
@@ -282,9 +315,12 @@ class SegmentHead(nn.Module):
 
 
 def segmentation_loss(
-    logits: Tensor, target: Tensor, class_weights: Tensor | None = None, dice_weight: float = 0.0,
+    logits: Tensor,
+    target: Tensor,
+    class_weights: Tensor | None = None,
+    dice_weight: float = 0.0,
     fractions: Tensor | None = None,
-) -> dict[str, Tensor]:  # fmt: skip
+) -> dict[str, Tensor]:
     """Cross-entropy (ignore index honoured) plus optional soft Dice.
 
     Args:
@@ -354,8 +390,14 @@ def label_map_results(label: np.ndarray, image_id: int, categories: list[dict]) 
             continue
         rle = mask_utils.encode(np.asfortranarray(label == index, dtype=np.uint8))
         rle["counts"] = rle["counts"].decode("ascii")
-        results.append({"image_id": image_id, "category_id": categories[index - 1]["id"],
-                        "segmentation": rle, "score": 1.0})  # fmt: skip
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": categories[index - 1]["id"],
+                "segmentation": rle,
+                "score": 1.0,
+            }
+        )
     return results
 
 
@@ -404,25 +446,37 @@ class SegmentTask(BaseTask):
         min_lr_ratio: float = 0.05,
     ) -> None:
         super().__init__(
-            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
-            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
-        )  # fmt: skip
+            backbone,
+            backbone_weights,
+            3,
+            freeze_at,
+            lr,
+            backbone_lr_mult,
+            weight_decay,
+            warmup_epochs,
+            freeze_backbone_epochs,
+            min_lr_ratio,
+        )
         if not categories:
             raise ValueError("SegmentTask needs categories (linked from the data module)")
         self.categories = categories
         self.class_names = ["background", *(c["name"] for c in categories)]
         self.num_classes = len(self.class_names)
         if class_weights is not None and len(class_weights) != self.num_classes:
-            raise ValueError(f"class_weights needs {self.num_classes} values (background first), "
-                             f"got {len(class_weights)}")  # fmt: skip
+            raise ValueError(
+                f"class_weights needs {self.num_classes} values (background first), "
+                f"got {len(class_weights)}"
+            )
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weights", weights, persistent=False)
-        self.head = SegmentHead(self.backbone.out_channels, self.num_classes,
-                                tuple(decoder_channels))  # fmt: skip
+        self.head = SegmentHead(
+            self.backbone.out_channels, self.num_classes, tuple(decoder_channels)
+        )
         self.aux_head = None
         if aux_weight > 0:
-            self.aux_head = nn.Sequential(ConvBNAct(self.backbone.out_channels["c4"], 64),
-                                          nn.Conv2d(64, self.num_classes, 1))  # fmt: skip
+            self.aux_head = nn.Sequential(
+                ConvBNAct(self.backbone.out_channels["c4"], 64), nn.Conv2d(64, self.num_classes, 1)
+            )
         self._aux_logits: Tensor | None = None
         self.val_metric = SegmentationMetric(self.num_classes, IGNORE_INDEX)
         self.test_metric = SegmentationMetric(self.num_classes, IGNORE_INDEX)
@@ -448,8 +502,9 @@ class SegmentTask(BaseTask):
         if self.training and self.aux_head is not None:
             # Kept for compute_loss: the forward's output stays the logits alone, so export,
             # prediction and evaluation never see the auxiliary branch.
-            self._aux_logits = self._to_input_size(self.aux_head(features["c4"]),
-                                                   padded.shape[-2:], (height, width))  # fmt: skip
+            self._aux_logits = self._to_input_size(
+                self.aux_head(features["c4"]), padded.shape[-2:], (height, width)
+            )
         return logits
 
     @staticmethod
@@ -461,12 +516,14 @@ class SegmentTask(BaseTask):
     def compute_loss(self, outputs: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Cross-entropy (+ Dice, + auxiliary c4 cross-entropy) against the network-size mask."""
         fractions = batch.get("mask_soft")  # training with soft_targets
-        losses = segmentation_loss(outputs, batch["mask"], self.class_weights,
-                                   self.hparams.dice_weight, fractions)  # fmt: skip
+        losses = segmentation_loss(
+            outputs, batch["mask"], self.class_weights, self.hparams.dice_weight, fractions
+        )
         aux_logits, self._aux_logits = self._aux_logits, None
         if aux_logits is not None:
-            losses["aux"] = segmentation_loss(aux_logits, batch["mask"], self.class_weights,
-                                              fractions=fractions)["ce"]  # fmt: skip
+            losses["aux"] = segmentation_loss(
+                aux_logits, batch["mask"], self.class_weights, fractions=fractions
+            )["ce"]
             losses["loss"] = losses["loss"] + self.hparams.aux_weight * losses["aux"]
         return losses
 
@@ -486,9 +543,14 @@ class SegmentTask(BaseTask):
             logits = logits_to_original(outputs[i], batch["input_hw"][i], batch["original_hw"][i])
             label = class_map(logits, 0).to(torch.uint8).cpu().numpy()
             image_id = int(batch["image_id"][i])
-            predictions.append({"image_id": image_id, "label_map": label,
-                                "segments": label_map_results(label, image_id, self.categories)})
-        return predictions  # fmt: skip
+            predictions.append(
+                {
+                    "image_id": image_id,
+                    "label_map": label,
+                    "segments": label_map_results(label, image_id, self.categories),
+                }
+            )
+        return predictions
 
     def draw_samples(self, outputs: Tensor, batch: dict[str, Any]) -> list:
         """Image | truth | prediction side by side, at network size, with the image's IoU."""
@@ -513,21 +575,42 @@ class SegmentTask(BaseTask):
         pixels = values["pixels"].cpu().tolist()
         ids = [0, *(c["id"] for c in self.categories)]
         table = [
-            {"index": k, "id": ids[k], "class": name, "iou": iou[k], "accuracy": accuracy[k],
-             "pixels": int(pixels[k])}
+            {
+                "index": k,
+                "id": ids[k],
+                "class": name,
+                "iou": iou[k],
+                "accuracy": accuracy[k],
+                "pixels": int(pixels[k]),
+            }
             for k, name in enumerate(self.class_names)
-        ]  # fmt: skip
+        ]
         headline = {key: float(values[key]) for key in ("miou", "pixel_accuracy", "fw_iou")}
         figures = [
-            Figure("confusion_matrix", "confusion_matrix", "Pixel confusion matrix",
-                   {"matrix": values["confusion"].cpu().numpy(), "names": self.class_names}),
-            Figure("predictions", "image_grid", "Image | truth | prediction",
-                   {"images": [s[0] for s in samples], "captions": [s[1] for s in samples],
-                    "ok": [s[2] for s in samples], "columns": 2}),
-        ]  # fmt: skip
+            Figure(
+                "confusion_matrix",
+                "confusion_matrix",
+                "Pixel confusion matrix",
+                {"matrix": values["confusion"].cpu().numpy(), "names": self.class_names},
+            ),
+            Figure(
+                "predictions",
+                "image_grid",
+                "Image | truth | prediction",
+                {
+                    "images": [s[0] for s in samples],
+                    "captions": [s[1] for s in samples],
+                    "ok": [s[2] for s in samples],
+                    "columns": 2,
+                },
+            ),
+        ]
         metrics = {**headline, "pixels": int(sum(pixels))}
-        meta = {"ignore_index": IGNORE_INDEX, "scored_at": "original image resolution",
-                "flip_test": bool(self.hparams.flip_test)}
+        meta = {
+            "ignore_index": IGNORE_INDEX,
+            "scored_at": "original image resolution",
+            "flip_test": bool(self.hparams.flip_test),
+        }
         return Report("segment", headline, metrics, {"per_class": table}, figures, meta)
 
     # ---- tools/predict.py ------------------------------------------------------------------
@@ -535,13 +618,19 @@ class SegmentTask(BaseTask):
         """Resize the long side to ``image_size`` and pad to a square (as in evaluation)."""
         size = self.hparams.image_size
         out = segment_transforms(size, size, train=False)(image=image)
-        return {"image": out["image"], "input_hw": input_size(image.shape[:2], size),
-                "original_hw": image.shape[:2]}  # fmt: skip
+        return {
+            "image": out["image"],
+            "input_hw": input_size(image.shape[:2], size),
+            "original_hw": image.shape[:2],
+        }
 
     def write_predictions(
-        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        self,
+        predictions: list[dict[str, Any]],
+        images: list[np.ndarray],
+        names: list[str],
         out_dir: Path,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path]:
         """Write ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.png``.
 
         The label PNG holds 0 for background and k + 1 for category index k.

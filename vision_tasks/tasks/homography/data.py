@@ -28,8 +28,9 @@ def random_pair(
     height, width = gray.shape
     margin = int(np.ceil(rho))
     if min(width, height) < patch_size + 2 * margin:
-        raise ValueError(f"a {width}x{height} image is too small for patch_size {patch_size} "
-                         f"+ 2 * rho {rho}")  # fmt: skip
+        raise ValueError(
+            f"a {width}x{height} image is too small for patch_size {patch_size} + 2 * rho {rho}"
+        )
     # The moved corners stay inside the image, so patch B never samples the border.
     x = int(rng.integers(margin, width - margin - patch_size + 1))
     y = int(rng.integers(margin, height - margin - patch_size + 1))
@@ -41,8 +42,9 @@ def random_pair(
     # quadrilateral straight onto the square.
     to_square = cv2.getPerspectiveTransform(corners + origin, square)
     size = (patch_size, patch_size)
-    patch_b = cv2.warpPerspective(gray, to_square, size, flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    patch_b = cv2.warpPerspective(
+        gray, to_square, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     return patch_a, patch_b, corners, origin
 
 
@@ -82,8 +84,10 @@ class HomographyDataset(Dataset):
         if pairs_per_image < 1:
             raise ValueError(f"data.pairs_per_image must be >= 1, got {pairs_per_image}")
         if min(resize) < patch_size + 2 * int(np.ceil(rho)):
-            raise ValueError(f"data.resize_width/height {resize} too small for data.patch_size "
-                             f"{patch_size} + 2 * data.rho {rho}")  # fmt: skip
+            raise ValueError(
+                f"data.resize_width/height {resize} too small for data.patch_size "
+                f"{patch_size} + 2 * data.rho {rho}"
+            )
         self.index = index
         self.train = train
         self.patch_size = patch_size
@@ -104,8 +108,9 @@ class HomographyDataset(Dataset):
         gray = to_gray(self.index.load_image(image_id), self.resize)
         # torch's generator is seeded per worker (and by seed_everything); NumPy's is not.
         seed = int(torch.randint(2**62, ())) if self.train else (self.pair_seed, image_id)
-        patch_a, patch_b, corners, _ = random_pair(gray, np.random.default_rng(seed),
-                                                   self.patch_size, self.rho)  # fmt: skip
+        patch_a, patch_b, corners, _ = random_pair(
+            gray, np.random.default_rng(seed), self.patch_size, self.rho
+        )
         if self.photometric is not None:
             patch_a, patch_b = (self.photometric(image=p)["image"] for p in (patch_a, patch_b))
         patches = np.stack([patch_a, patch_b], axis=-1)
@@ -170,9 +175,20 @@ class HomographyData(VisionDataModule):
         refine_jitter: float = 8.0,
     ) -> None:
         super().__init__(
-            train_json, train_images, val_json, val_images, test_json, test_images, image_size,
-            batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
-        )  # fmt: skip
+            train_json,
+            train_images,
+            val_json,
+            val_images,
+            test_json,
+            test_images,
+            image_size,
+            batch_size,
+            num_workers,
+            policy,
+            synthetic_seed,
+            synthetic_train,
+            synthetic_val,
+        )
         self.patch_size = patch_size
         self.rho = rho
         self.resize = (resize_width, resize_height)
@@ -185,6 +201,15 @@ class HomographyData(VisionDataModule):
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """One pair per image (annotations ignored)."""
-        return HomographyDataset(index, self.image_size, train, self.patch_size, self.rho,
-                                 self.resize, self.pair_seed, self.photometric,
-                                 self.pairs_per_image, *self.refine)  # fmt: skip
+        return HomographyDataset(
+            index,
+            self.image_size,
+            train,
+            self.patch_size,
+            self.rho,
+            self.resize,
+            self.pair_seed,
+            self.photometric,
+            self.pairs_per_image,
+            *self.refine,
+        )

@@ -98,8 +98,14 @@ def draw_pair(
     right[margin : margin + size, :size] = patches[1]
     canvas = cv2.cvtColor(np.hstack([left, right]), cv2.COLOR_GRAY2RGB)
     square = ops.square_corners(size).numpy()
-    draw_quads(canvas, [(square + margin, SQUARE_COLOUR), (true_corners + margin, TRUE_COLOUR),
-                        (predicted + margin, PREDICTED_COLOUR)])  # fmt: skip
+    draw_quads(
+        canvas,
+        [
+            (square + margin, SQUARE_COLOUR),
+            (true_corners + margin, TRUE_COLOUR),
+            (predicted + margin, PREDICTED_COLOUR),
+        ],
+    )
     return canvas
 
 
@@ -172,9 +178,17 @@ class HomographyTask(BaseTask):
     ) -> None:
         siamese = architecture == "correlation"
         super().__init__(
-            backbone, backbone_weights, 1 if siamese else 2, freeze_at, lr, backbone_lr_mult,
-            weight_decay, warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
-        )  # fmt: skip
+            backbone,
+            backbone_weights,
+            1 if siamese else 2,
+            freeze_at,
+            lr,
+            backbone_lr_mult,
+            weight_decay,
+            warmup_epochs,
+            freeze_backbone_epochs,
+            min_lr_ratio,
+        )
         self.categories = categories or []
         channels = self.backbone.out_channels[feature_level]
         if siamese:
@@ -182,8 +196,9 @@ class HomographyTask(BaseTask):
             self.head = CorrelationHead(channels, embed_channels)
         else:
             self.head = HomographyHead(channels, reduce_channels, pool_size, hidden, dropout)
-        self.val_metric = MetricCollection({"model": CornerError(), "identity": CornerError()},
-                                           compute_groups=False)  # fmt: skip
+        self.val_metric = MetricCollection(
+            {"model": CornerError(), "identity": CornerError()}, compute_groups=False
+        )
         self.test_metric = MetricCollection(
             {"model": CornerError(), "identity": CornerError(), "orb": CornerError()},
             compute_groups=False,  # each member is fed different corners
@@ -195,8 +210,10 @@ class HomographyTask(BaseTask):
         mine = (self.hparams.patch_size, float(self.hparams.rho))
         theirs = (getattr(data, "patch_size", mine[0]), float(getattr(data, "rho", mine[1])))
         if mine != theirs:
-            raise ValueError(f"model.patch_size/rho {mine} differ from data.patch_size/rho "
-                             f"{theirs}: set both to the same values")  # fmt: skip
+            raise ValueError(
+                f"model.patch_size/rho {mine} differ from data.patch_size/rho "
+                f"{theirs}: set both to the same values"
+            )
 
     def forward(self, images: Tensor) -> Tensor | dict[str, Tensor]:
         """(B, 2, S, S) normalised patch pairs -> ``regression``: (B, 8) corner offsets divided
@@ -237,8 +254,9 @@ class HomographyTask(BaseTask):
         """Network outputs -> (B, 4, 2) predicted corners in patch pixels (one pass)."""
         if self.hparams.architecture == "regression":
             return ops.offsets_to_corners(outputs * self.hparams.rho, self.hparams.patch_size)
-        return self.corners_from_matches(*windowed_soft_argmax(outputs["logits"],
-                                                               self.hparams.window))  # fmt: skip
+        return self.corners_from_matches(
+            *windowed_soft_argmax(outputs["logits"], self.hparams.window)
+        )
 
     def corners_from_matches(self, matches: Tensor, confidence: Tensor) -> Tensor:
         """(B, N, 2) matches in B (feature cells) of A's cells, (B, N) confidences -> (B, 4, 2)
@@ -331,33 +349,56 @@ class HomographyTask(BaseTask):
     def build_report(self, values: dict[str, Any], samples: list) -> Report:
         """Table of the three methods, error histogram, drawn examples."""
         network = {"regression": "HomographyNet", "correlation": "correlation + DLT"}
-        methods = {"model": network[self.hparams.architecture], "identity": "identity",
-                   "orb": "ORB + RANSAC"}  # fmt: skip
+        methods = {
+            "model": network[self.hparams.architecture],
+            "identity": "identity",
+            "orb": "ORB + RANSAC",
+        }
         table = [
-            {"method": name, "mace_px": float(values[f"{key}_mace"]),
-             "median_px": float(values[f"{key}_median"]), "p90_px": float(values[f"{key}_p90"]),
-             "failure_rate": float(values[f"{key}_failure_rate"])}
+            {
+                "method": name,
+                "mace_px": float(values[f"{key}_mace"]),
+                "median_px": float(values[f"{key}_median"]),
+                "p90_px": float(values[f"{key}_p90"]),
+                "failure_rate": float(values[f"{key}_failure_rate"]),
+            }
             for key, name in methods.items()
-        ]  # fmt: skip
+        ]
         headline = {
             "mace": float(values["model_mace"]),
             "mace_identity": float(values["identity_mace"]),
             "mace_orb_ransac": float(values["orb_mace"]),
         }
         errors = {name: values[f"{key}_errors"].cpu().tolist() for key, name in methods.items()}
-        metrics = {**headline, "orb_ransac_failure_rate": float(values["orb_failure_rate"]),
-                   "median": float(values["model_median"]),
-                   "pairs": len(errors[methods["model"]])}  # fmt: skip
+        metrics = {
+            **headline,
+            "orb_ransac_failure_rate": float(values["orb_failure_rate"]),
+            "median": float(values["model_median"]),
+            "pairs": len(errors[methods["model"]]),
+        }
         figures = [
-            Figure("corner_error_histogram", "histogram", "Mean corner error per pair",
-                   {"values": errors, "xlabel": "mean corner error (px)", "bins": 40}),
-            Figure("examples", "image_grid",
-                   "Examples: square (blue), true (green), predicted (red) corners",
-                   {"images": [s[0] for s in samples], "captions": [s[1] for s in samples],
-                    "columns": 2}),
-        ]  # fmt: skip
-        meta = {"patch_size": self.hparams.patch_size, "rho": self.hparams.rho,
-                "input_size": self.hparams.image_size}  # fmt: skip
+            Figure(
+                "corner_error_histogram",
+                "histogram",
+                "Mean corner error per pair",
+                {"values": errors, "xlabel": "mean corner error (px)", "bins": 40},
+            ),
+            Figure(
+                "examples",
+                "image_grid",
+                "Examples: square (blue), true (green), predicted (red) corners",
+                {
+                    "images": [s[0] for s in samples],
+                    "captions": [s[1] for s in samples],
+                    "columns": 2,
+                },
+            ),
+        ]
+        meta = {
+            "patch_size": self.hparams.patch_size,
+            "rho": self.hparams.rho,
+            "input_size": self.hparams.image_size,
+        }
         return Report("homography", headline, metrics, {"methods": table}, figures, meta)
 
     # ---- tools/predict.py: each image paired with a seeded random warp of itself ----------------
@@ -383,27 +424,38 @@ class HomographyTask(BaseTask):
         }
 
     def write_predictions(
-        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        self,
+        predictions: list[dict[str, Any]],
+        images: list[np.ndarray],
+        names: list[str],
         out_dir: Path,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path]:
         """Per image: ``<stem>.homography.json`` (true vs predicted corners, in patch and image
         pixels) and ``<stem>.homography.png`` (both quadrilaterals drawn on the grey image).
         """
         written = []
         for prediction, image, name in zip(predictions, images, names):
             gray, (_, _, _, origin), size = self._predict_pair(image)
-            record = {**prediction, "file": name, "image_size_used": list(size),
-                      "patch_origin": origin.tolist(),
-                      "corners_in_image": (np.array(prediction["corners"]) + origin).tolist(),
-                      "true_corners_in_image":
-                          (np.array(prediction["true_corners"]) + origin).tolist()}  # fmt: skip
+            record = {
+                **prediction,
+                "file": name,
+                "image_size_used": list(size),
+                "patch_origin": origin.tolist(),
+                "corners_in_image": (np.array(prediction["corners"]) + origin).tolist(),
+                "true_corners_in_image": (np.array(prediction["true_corners"]) + origin).tolist(),
+            }
             stem = Path(name).stem
             written.append(atomic_write_json(out_dir / f"{stem}.homography.json", record))
             canvas = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
             square = ops.square_corners(self.hparams.patch_size).numpy() + origin
-            draw_quads(canvas, [(square, SQUARE_COLOUR),
-                                (record["true_corners_in_image"], TRUE_COLOUR),
-                                (record["corners_in_image"], PREDICTED_COLOUR)])  # fmt: skip
+            draw_quads(
+                canvas,
+                [
+                    (square, SQUARE_COLOUR),
+                    (record["true_corners_in_image"], TRUE_COLOUR),
+                    (record["corners_in_image"], PREDICTED_COLOUR),
+                ],
+            )
             ok, png = cv2.imencode(".png", canvas[:, :, ::-1])
             written.append(atomic_write_bytes(out_dir / f"{stem}.homography.png", png.tobytes()))
         return written

@@ -44,8 +44,15 @@ def comparison_rows(joint: dict[str, Any], single: dict[str, dict[str, float]]) 
                 continue
             ours, theirs = float(joint[joint_name]), float(headline[name])
             relative = (ours - theirs) / abs(theirs) if theirs else float("nan")
-            rows.append({"head": task, "metric": name, "joint": ours, "single_task": theirs,
-                         "relative": relative})  # fmt: skip
+            rows.append(
+                {
+                    "head": task,
+                    "metric": name,
+                    "joint": ours,
+                    "single_task": theirs,
+                    "relative": relative,
+                }
+            )
     return rows
 
 
@@ -55,8 +62,11 @@ def _instance_crops(
     """The single-task crops of one image's boxes, as the task's evaluation builds them."""
     anns = index.annotations(image_id, include_crowd=False)
     if model.task_name == "keypoints":
-        boxes = [a["bbox"] for a in anns if a["category_id"] == model.category["id"]
-                 and a.get("num_keypoints", 0) > 0]  # fmt: skip
+        boxes = [
+            a["bbox"]
+            for a in anns
+            if a["category_id"] == model.category["id"] and a.get("num_keypoints", 0) > 0
+        ]
         size, margin, transform = model.crop_size, 0.25, keypoint_transforms(False)
         offset = COCO_OFFSET
     else:
@@ -81,9 +91,12 @@ def _timed(network: Callable[[torch.Tensor], Any], inputs: torch.Tensor, repeats
 
 @torch.inference_mode()
 def time_inference(
-    joint: BaseTask, singles: dict[str, BaseTask], index: CocoIndex, num_images: int = 8,
+    joint: BaseTask,
+    singles: dict[str, BaseTask],
+    index: CocoIndex,
+    num_images: int = 8,
     repeats: int = 3,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Seconds per image: the joint forward vs the single-task models one after another.
 
     A single-task model with a flip test (two passes) is timed both as configured and in one
@@ -114,14 +127,17 @@ def time_inference(
                     model.hparams.flip_test = True
     count = max(len(image_ids), 1)
     joint_s = joint_total / count
-    result = {"joint_s_per_image": joint_s,
-              **{f"{task}_s_per_image": t / count for task, t in single_totals.items()}}
+    result = {
+        "joint_s_per_image": joint_s,
+        **{f"{task}_s_per_image": t / count for task, t in single_totals.items()},
+    }
     sequential = sum(single_totals.values()) / count
     result["single_tasks_sequential_s_per_image"] = sequential
     result["speedup"] = sequential / joint_s if joint_total else float("nan")
     if single_pass:
-        result.update({f"{task}_single_pass_s_per_image": t / count
-                       for task, t in single_pass.items()})  # fmt: skip
+        result.update(
+            {f"{task}_single_pass_s_per_image": t / count for task, t in single_pass.items()}
+        )
         one_pass = sequential + sum(single_pass[t] - single_totals[t] for t in flipped) / count
         result["speedup_single_pass"] = one_pass / joint_s if joint_total else float("nan")
     return result

@@ -36,8 +36,18 @@ from vision_tasks.tasks.reid import ReidDataset
 from vision_tasks.tasks.segment import IGNORE_INDEX, pad_stack, semantic_label_map
 from vision_tasks.utils import time_budget_spent
 
-RAGGED = ("boxes_xyxy", "label", "crowd", "keypoints", "identity", "identity_label",
-          "annotation_id", "keypoints_original", "boxes_original", "is_query")  # fmt: skip
+RAGGED = (
+    "boxes_xyxy",
+    "label",
+    "crowd",
+    "keypoints",
+    "identity",
+    "identity_label",
+    "annotation_id",
+    "keypoints_original",
+    "boxes_original",
+    "is_query",
+)
 
 
 class MultiTaskDataset(Dataset):
@@ -70,13 +80,18 @@ class MultiTaskDataset(Dataset):
         self.cat_to_index = {c["id"]: k for k, c in enumerate(categories)}
         unknown = set(index.category_ids) - set(self.cat_to_index)
         if unknown:
-            raise CocoDataError(f"{index.json_path.name}: field 'categories': ids {sorted(unknown)}"
-                                f" are not among the model's categories")  # fmt: skip
+            raise CocoDataError(
+                f"{index.json_path.name}: field 'categories': ids {sorted(unknown)}"
+                f" are not among the model's categories"
+            )
         keypoint_category = next((c for c in categories if "flip_pairs" in c), None)
         self.keypoint_category_id = keypoint_category["id"] if keypoint_category else None
         self.num_keypoints = len(keypoint_category["keypoints"]) if keypoint_category else 0
-        self.permutation = (flip_permutation(self.num_keypoints, keypoint_category["flip_pairs"])
-                            if keypoint_category else [])  # fmt: skip
+        self.permutation = (
+            flip_permutation(self.num_keypoints, keypoint_category["flip_pairs"])
+            if keypoint_category
+            else []
+        )
         self.identity_labels = identity_labels or {}
         self.identity_field, self.camera_field = identity_field, camera_field
         self.transform = multitask_transforms(train, colour_shift, IGNORE_INDEX)
@@ -88,12 +103,20 @@ class MultiTaskDataset(Dataset):
 
     def _query_flags(self) -> dict[int, bool]:
         """Annotation id -> query flag, as the re-ID task splits query / gallery."""
-        identities = (a.get(self.identity_field) for i in self.index.image_ids
-                      for a in self.index.annotations(i))  # fmt: skip
+        identities = (
+            a.get(self.identity_field)
+            for i in self.index.image_ids
+            for a in self.index.annotations(i)
+        )
         if not any(isinstance(v, int) and v >= 0 for v in identities):
             return {}
-        reid = ReidDataset(self.index, 64, False, identity_field=self.identity_field,
-                           camera_field=self.camera_field)  # fmt: skip
+        reid = ReidDataset(
+            self.index,
+            64,
+            False,
+            identity_field=self.identity_field,
+            camera_field=self.camera_field,
+        )
         return {s["ann"]["id"]: q for s, q in zip(reid.samples, reid.is_query)}
 
     def __len__(self) -> int:
@@ -118,17 +141,25 @@ class MultiTaskDataset(Dataset):
             tensor = self.transform(image=square)["image"]
         sample = {k: torch.as_tensor(v) for k, v in instances.items() if k != "original"}
         sample.update(
-            image=tensor, mask=torch.as_tensor(mask).long(), has_mask=self.has_masks,
-            class_mask=self.class_mask, image_label=self._image_label(info, anns),
-            camera=_int_or(info.get(self.camera_field), -1), image_id=image_id, scale=scale,
-            pad=(pad_x, pad_y), orig_size=(height, width), colour_shifted=shifted,
-        )  # fmt: skip
+            image=tensor,
+            mask=torch.as_tensor(mask).long(),
+            has_mask=self.has_masks,
+            class_mask=self.class_mask,
+            image_label=self._image_label(info, anns),
+            camera=_int_or(info.get(self.camera_field), -1),
+            image_id=image_id,
+            scale=scale,
+            pad=(pad_x, pad_y),
+            orig_size=(height, width),
+            colour_shifted=shifted,
+        )
         if not self.train:
             sample["mask_original"] = torch.from_numpy(label).long()
             sample["keypoints_original"] = torch.as_tensor(instances["original"][0])
             sample["boxes_original"] = torch.as_tensor(instances["original"][1])
-            sample["is_query"] = torch.tensor([self.query.get(int(a), False)
-                                               for a in instances["annotation_id"]])  # fmt: skip
+            sample["is_query"] = torch.tensor(
+                [self.query.get(int(a), False) for a in instances["annotation_id"]]
+            )
         return sample
 
     def _instances(self, anns: list[dict], scale: float, pad: tuple[int, int]) -> dict[str, Any]:
@@ -153,11 +184,12 @@ class MultiTaskDataset(Dataset):
             "crowd": np.array([bool(a["iscrowd"]) for a in anns], bool),
             "keypoints": network_keypoints.astype(np.float32),
             "identity": np.array(identities, np.int64),
-            "identity_label": np.array([self.identity_labels.get(v, -1) for v in identities],
-                                       np.int64),
+            "identity_label": np.array(
+                [self.identity_labels.get(v, -1) for v in identities], np.int64
+            ),
             "annotation_id": np.array([a["id"] for a in anns], np.int64),
             "original": original,
-        }  # fmt: skip
+        }
 
     def _augment(
         self, square: np.ndarray, mask: np.ndarray, instances: dict[str, Any]
@@ -169,13 +201,15 @@ class MultiTaskDataset(Dataset):
         keypoints = instances["keypoints"]
         # albumentations maps "xy" keypoints with pixel centres on integers (OpenCV).
         points = keypoints[..., :2].reshape(-1, 2) - 0.5
-        out = self.transform(image=square, mask=mask, bboxes=boxes[valid], instance=valid,
-                             keypoints=points)  # fmt: skip
+        out = self.transform(
+            image=square, mask=mask, bboxes=boxes[valid], instance=valid, keypoints=points
+        )
         moved = keypoints.copy()
         shape = (*keypoints.shape[:2], 2)
         moved[..., :2] = np.asarray(out["keypoints"], np.float32).reshape(shape) + 0.5
-        if self.num_keypoints and any(name == "HorizontalFlip"
-                                      for name, _ in out.get("applied_transforms", [])):
+        if self.num_keypoints and any(
+            name == "HorizontalFlip" for name, _ in out.get("applied_transforms", [])
+        ):
             moved = moved[:, self.permutation]  # the left wrist now shows as a right one
         kept = np.asarray(out["instance"], np.int64)
         result = {key: value[kept] for key, value in instances.items() if key != "original"}
@@ -271,19 +305,32 @@ class MultiTaskData(VisionDataModule):
         jsons = [train_json] if isinstance(train_json, str) else list(train_json or [])
         folders = [train_images] if isinstance(train_images, str) else list(train_images or [])
         if len(jsons) != len(folders):
-            raise CocoDataError(f"--data.train_json lists {len(jsons)} file(s) but "
-                                f"--data.train_images {len(folders)} folder(s): give one each")
+            raise CocoDataError(
+                f"--data.train_json lists {len(jsons)} file(s) but "
+                f"--data.train_images {len(folders)} folder(s): give one each"
+            )
         super().__init__(
-            jsons[0] if jsons else None, folders[0] if folders else None, val_json, val_images,
-            test_json, test_images, image_size, batch_size, num_workers, policy, synthetic_seed,
-            synthetic_train, synthetic_val,
-        )  # fmt: skip
+            jsons[0] if jsons else None,
+            folders[0] if folders else None,
+            val_json,
+            val_images,
+            test_json,
+            test_images,
+            image_size,
+            batch_size,
+            num_workers,
+            policy,
+            synthetic_seed,
+            synthetic_train,
+            synthetic_val,
+        )
         for name, size in (("image_size", image_size), ("progressive_size", progressive_size)):
             if size % 32 or size < 0:
                 raise ValueError(f"{name} must be a multiple of 32 (c5's stride), got {size}")
         if not 0 < progressive_until <= 1:
-            raise ValueError(f"progressive_until is a share of the run, in (0, 1]; got "
-                             f"{progressive_until}")  # fmt: skip
+            raise ValueError(
+                f"progressive_until is a share of the run, in (0, 1]; got {progressive_until}"
+            )
         self.progressive_size, self.progressive_until = progressive_size, progressive_until
         self.extra_train = list(zip(jsons[1:], folders[1:]))
         self.colour_shift = colour_shift
@@ -295,8 +342,10 @@ class MultiTaskData(VisionDataModule):
         """Every training file's index, the first one (``--data.train_json``'s) first."""
         if "train" not in self._indexes:
             return []
-        return [self._indexes["train"], *(CocoIndex(j, i, policy=self.policy)
-                                          for j, i in self.extra_train)]  # fmt: skip
+        return [
+            self._indexes["train"],
+            *(CocoIndex(j, i, policy=self.policy) for j, i in self.extra_train),
+        ]
 
     @cached_property
     def categories(self) -> list[dict[str, Any]]:
@@ -308,20 +357,30 @@ class MultiTaskData(VisionDataModule):
                 if seen[0]["name"] != category["name"]:
                     raise CocoDataError(
                         f"{index.json_path}: category id={category['id']}: field 'name': "
-                        f"{category['name']!r}, but {seen[1]} names it {seen[0]['name']!r}")
+                        f"{category['name']!r}, but {seen[1]} names it {seen[0]['name']!r}"
+                    )
         categories = [dict(union[i][0]) for i in sorted(union)]
         if not categories:
             files = sorted({str(p) for p, _ in self._indexes.paths.values()})
-            raise CocoDataError(f"{', '.join(files)}: field 'categories': the list is empty; "
-                                f"the joint model needs at least one category")  # fmt: skip
-        named = [c for c in categories if c.get("keypoints")
-                 and self.keypoint_category in (None, c["name"])]  # fmt: skip
+            raise CocoDataError(
+                f"{', '.join(files)}: field 'categories': the list is empty; "
+                f"the joint model needs at least one category"
+            )
+        named = [
+            c
+            for c in categories
+            if c.get("keypoints") and self.keypoint_category in (None, c["name"])
+        ]
         if self.keypoint_category is not None and len(named) != 1:
-            raise CocoDataError(f"--data.keypoint_category {self.keypoint_category!r}: no "
-                                f"category of that name has 'keypoints'")  # fmt: skip
+            raise CocoDataError(
+                f"--data.keypoint_category {self.keypoint_category!r}: no "
+                f"category of that name has 'keypoints'"
+            )
         if len(named) > 1:
-            raise CocoDataError(f"several categories have keypoints ({[c['name'] for c in named]})"
-                                f": pick one with --data.keypoint_category NAME")  # fmt: skip
+            raise CocoDataError(
+                f"several categories have keypoints ({[c['name'] for c in named]})"
+                f": pick one with --data.keypoint_category NAME"
+            )
         if named:
             pairs = self.flip_pairs
             if pairs is None:
@@ -336,25 +395,39 @@ class MultiTaskData(VisionDataModule):
         index, names = self.index("test"), {c["id"]: c["name"] for c in categories}
         foreign = [c for c in index.categories if names.get(c["id"]) != c["name"]]
         if foreign:
-            raise CocoDataError(f"{index.json_path}: category id={foreign[0]['id']} "
-                                f"({foreign[0]['name']!r}) is not among the checkpoint's "
-                                f"{sorted(names.items())}")  # fmt: skip
+            raise CocoDataError(
+                f"{index.json_path}: category id={foreign[0]['id']} "
+                f"({foreign[0]['name']!r}) is not among the checkpoint's "
+                f"{sorted(names.items())}"
+            )
         self.categories = [dict(c) for c in categories]
 
     @cached_property
     def identity_labels(self) -> dict[int, int]:
         """Training identity -> contiguous label (the identity classifier's classes)."""
-        found = {a.get(self.identity_field) for index in self.train_indexes
-                 for i in index.image_ids for a in index.annotations(i)}  # fmt: skip
+        found = {
+            a.get(self.identity_field)
+            for index in self.train_indexes
+            for i in index.image_ids
+            for a in index.annotations(i)
+        }
         known = sorted(v for v in found if _int_or(v, -1) >= 0)
         return {identity: label for label, identity in enumerate(known)}
 
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """All training files as one dataset; one file for validation / test."""
+
         def view(part: CocoIndex) -> MultiTaskDataset:
-            return MultiTaskDataset(part, self.categories, self.image_size, train,
-                                    self.colour_shift, self.identity_labels if train else None,
-                                    self.identity_field, self.camera_field)  # fmt: skip
+            return MultiTaskDataset(
+                part,
+                self.categories,
+                self.image_size,
+                train,
+                self.colour_shift,
+                self.identity_labels if train else None,
+                self.identity_field,
+                self.camera_field,
+            )
 
         if not train or len(self.train_indexes) == 1:
             return view(index)
@@ -375,8 +448,10 @@ class MultiTaskData(VisionDataModule):
         size = self.train_image_size()
         parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
         if any(part.image_size != size for part in parts):
-            rank_zero_info(f"epoch {self.trainer.current_epoch}: training at {size} px "
-                           f"(progressive resizing; validation at {self.image_size} px)")
+            rank_zero_info(
+                f"epoch {self.trainer.current_epoch}: training at {size} px "
+                f"(progressive resizing; validation at {self.image_size} px)"
+            )
         for part in parts:
             part.image_size = size
 

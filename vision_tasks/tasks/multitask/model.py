@@ -65,8 +65,13 @@ PYRAMID = ("p3", "p4", "p5")
 # The number each head is judged by. Their mean picks the best checkpoint, so that "best" means
 # best over the heads (as Ultralytics' pose models pick theirs on box + pose fitness), not the
 # epoch where one head peaked while another fell.
-SCORED_METRIC = {"detect": "detect/AP", "segment": "segment/miou", "keypoints": "keypoints_gt/AP",
-                 "reid": "reid/mAP", "classify": "classify/top1"}  # fmt: skip
+SCORED_METRIC = {
+    "detect": "detect/AP",
+    "segment": "segment/miou",
+    "keypoints": "keypoints_gt/AP",
+    "reid": "reid/mAP",
+    "classify": "classify/top1",
+}
 
 
 class HeadMetrics(nn.Module):
@@ -87,8 +92,11 @@ class HeadMetrics(nn.Module):
 
     def compute(self) -> dict[str, Any]:
         """Every head's values, prefixed with the head's name."""
-        values = {f"{head}/{key}": value for head, metric in self.heads.items()
-                  for key, value in metric.compute().items()}  # fmt: skip
+        values = {
+            f"{head}/{key}": value
+            for head, metric in self.heads.items()
+            for key, value in metric.compute().items()
+        }
         scores = [float(values[name]) for name in self.scored if name in values]
         scores = [v for v in scores if math.isfinite(v) and v >= 0]
         values["heads_mean"] = sum(scores) / len(scores) if scores else float("nan")
@@ -216,19 +224,32 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         min_lr_ratio: float = 0.05,
     ) -> None:
         super().__init__(
-            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
-            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
-        )  # fmt: skip
+            backbone,
+            backbone_weights,
+            3,
+            freeze_at,
+            lr,
+            backbone_lr_mult,
+            weight_decay,
+            warmup_epochs,
+            freeze_backbone_epochs,
+            min_lr_ratio,
+        )
         self.heads = list(heads)
         self._check_arguments(categories, image_size, loss_weights)
         if keypoint_rois < 1 or not 0 <= keypoint_jitter < 1:
-            raise ValueError(f"need --model.keypoint_rois >= 1 and 0 <= --model.keypoint_jitter "
-                             f"< 1, got {keypoint_rois}, {keypoint_jitter}")  # fmt: skip
+            raise ValueError(
+                f"need --model.keypoint_rois >= 1 and 0 <= --model.keypoint_jitter "
+                f"< 1, got {keypoint_rois}, {keypoint_jitter}"
+            )
         self.categories = categories
         self.class_names = [c["name"] for c in categories]
         self.loss_weights = {h: float((loss_weights or {}).get(h, 1.0)) for h in self.heads}
-        self.log_vars = (nn.ParameterDict({h: nn.Parameter(torch.zeros(())) for h in self.heads})
-                         if loss_weighting == "uncertainty" else None)  # fmt: skip
+        self.log_vars = (
+            nn.ParameterDict({h: nn.Parameter(torch.zeros(())) for h in self.heads})
+            if loss_weighting == "uncertainty"
+            else None
+        )
         channels = self.backbone.out_channels
         needs_neck = "detect" in self.heads or "reid" in self.heads
         levels = [channels[level] for level in LEVELS]
@@ -254,14 +275,16 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             keypoint_channels = dict(channels)
             if self.shared_block is not None:
                 keypoint_channels["c2"] += int(decoder_channels[self.shared_block])
-            self._build_keypoint_head(keypoint_channels, keypoint_crop_height,
-                                      keypoint_head_channels, oks_sigmas, metrics)  # fmt: skip
+            self._build_keypoint_head(
+                keypoint_channels, keypoint_crop_height, keypoint_head_channels, oks_sigmas, metrics
+            )
         if "reid" in self.heads:
             self.reid_pool = MultiScaleRoIAlign(list(PYRAMID), list(reid_roi_size), 2)
             self.reid_tower = nn.Identity()
             if reid_channels > 0:
-                self.reid_tower = nn.Sequential(ConvBNAct(neck_width, reid_channels),
-                                                ConvBNAct(reid_channels, reid_channels))
+                self.reid_tower = nn.Sequential(
+                    ConvBNAct(neck_width, reid_channels), ConvBNAct(reid_channels, reid_channels)
+                )
             self.reid_head = ReidHead(reid_channels or neck_width, embedding_dim, "gem")
             self.identity_classifier: nn.Linear | None = None
             if num_identities > 0 and id_loss_weight > 0:
@@ -275,45 +298,58 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
     def _check_arguments(self, categories: Any, image_size: int, loss_weights: Any) -> None:
         unknown = [h for h in self.heads if h not in HEADS]
         if not self.heads or unknown or len(set(self.heads)) != len(self.heads):
-            raise ValueError(f"--model.heads: expected distinct names among {list(HEADS)}, "
-                             f"got {self.heads}")  # fmt: skip
+            raise ValueError(
+                f"--model.heads: expected distinct names among {list(HEADS)}, got {self.heads}"
+            )
         if not categories:
             raise ValueError("MultiTaskTask needs categories (linked from the data module)")
         if image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
         extra = sorted(set(loss_weights or {}) - set(self.heads))
         if extra:
-            raise ValueError(f"--model.loss_weights names heads that are not attached: {extra} "
-                             f"(heads: {self.heads})")  # fmt: skip
+            raise ValueError(
+                f"--model.loss_weights names heads that are not attached: {extra} "
+                f"(heads: {self.heads})"
+            )
 
     def _build_keypoint_head(
-        self, channels: dict[str, int], crop_height: int, head_channels: tuple[int, int, int],
-        oks_sigmas: list[float] | None, metrics: dict[str, nn.Module],
-    ) -> None:  # fmt: skip
+        self,
+        channels: dict[str, int],
+        crop_height: int,
+        head_channels: tuple[int, int, int],
+        oks_sigmas: list[float] | None,
+        metrics: dict[str, nn.Module],
+    ) -> None:
         category = next((c for c in self.categories if "flip_pairs" in c), None)
         if category is None:
-            raise ValueError("the keypoints head needs a category with 'keypoints' (and "
-                             "'flip_pairs', set by MultiTaskData)")  # fmt: skip
+            raise ValueError(
+                "the keypoints head needs a category with 'keypoints' (and "
+                "'flip_pairs', set by MultiTaskData)"
+            )
         self.keypoint_category = category
         self.keypoint_index = self.categories.index(category)
         self.skeleton = [(a - 1, b - 1) for a, b in category.get("skeleton") or []]
         self.crop_size = crop_size(crop_height)
-        self.keypoint_head = HeatmapHead(channels, len(category["keypoints"]),
-                                         tuple(head_channels))  # fmt: skip
+        self.keypoint_head = HeatmapHead(channels, len(category["keypoints"]), tuple(head_channels))
         sigmas = keypoint_sigmas(category, oks_sigmas)
         metrics["keypoints_gt"] = KeypointMetric(category["id"], sigmas)
         metrics["keypoints_detected"] = KeypointMetric(category["id"], sigmas)
 
     def _build_identity_classifier(self, num_identities: int) -> None:
-        self.identity_classifier = nn.Linear(self.reid_head.out_channels, num_identities,
-                                             bias=False)  # fmt: skip
+        self.identity_classifier = nn.Linear(
+            self.reid_head.out_channels, num_identities, bias=False
+        )
         nn.init.normal_(self.identity_classifier.weight, std=0.001)
 
     def setup(self, stage: str) -> None:
         """At fit, size the identity classifier from the training data's identities."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if (stage != "fit" or "reid" not in self.heads or self.hparams.id_loss_weight <= 0
-                or not hasattr(datamodule, "identity_labels")):  # fmt: skip
+        if (
+            stage != "fit"
+            or "reid" not in self.heads
+            or self.hparams.id_loss_weight <= 0
+            or not hasattr(datamodule, "identity_labels")
+        ):
             return
         found = len(datamodule.identity_labels)
         if self.identity_classifier is None and found:
@@ -353,14 +389,16 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         if "detect" in self.heads:
             out["cls_logits"], out["box_regression"] = self.detect_head(pyramid)
             out["points"], out["strides"] = self._grid_for(
-                [tuple(p.shape[-2:]) for p in pyramid], images.device)
+                [tuple(p.shape[-2:]) for p in pyramid], images.device
+            )
         if "segment" in self.heads:
             logits, blocks = self.segment_head.forward_blocks(features)
             if self.shared_block is not None:
                 out["segment_c2"] = blocks[self.shared_block]
             if logits.shape[-2:] != images.shape[-2:]:
-                logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
-                                       align_corners=False)  # fmt: skip
+                logits = F.interpolate(
+                    logits, size=images.shape[-2:], mode="bilinear", align_corners=False
+                )
             out["segment"] = logits
         if "classify" in self.heads:
             out["classify"] = self.classify_head(features["c5"])
@@ -379,18 +417,22 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         return self._grid[1], self._grid[2]
 
     def keypoint_branch(
-        self, features: dict[str, Tensor], boxes: list[Tensor] | None,
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor] | None,
         segment_c2: Tensor | None = None,
-    ) -> dict[str, Tensor] | None:  # fmt: skip
+    ) -> dict[str, Tensor] | None:
         """Heatmaps of the boxes' crop regions from RoI-aligned c2..c5 and, when given, the
         segmentation decoder's stride-4 block beside c2 (see module docstring)."""
         if "keypoints" not in self.heads or boxes is None or sum(len(b) for b in boxes) == 0:
             return None
         width, height = self.crop_size
-        index = torch.cat([torch.full((len(b),), i, device=features["c5"].device)
-                           for i, b in enumerate(boxes)])  # fmt: skip
-        regions = ops.crop_regions(torch.cat(boxes).float(), self.crop_size,
-                                   self.hparams.keypoint_margin)  # fmt: skip
+        index = torch.cat(
+            [torch.full((len(b),), i, device=features["c5"].device) for i, b in enumerate(boxes)]
+        )
+        regions = ops.crop_regions(
+            torch.cat(boxes).float(), self.crop_size, self.hparams.keypoint_margin
+        )
         rois = torch.cat([index[:, None].to(regions), regions], dim=1)
         maps = dict(features)
         if self.shared_block is not None:
@@ -398,8 +440,14 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         crops = {}
         for level in KEYPOINT_LEVELS:
             stride = self.backbone.strides[level]
-            crops[level] = roi_align(maps[level], rois, (height // stride, width // stride),
-                                     1.0 / stride, sampling_ratio=2, aligned=True)  # fmt: skip
+            crops[level] = roi_align(
+                maps[level],
+                rois,
+                (height // stride, width // stride),
+                1.0 / stride,
+                sampling_ratio=2,
+                aligned=True,
+            )
         return {"heatmaps": self.keypoint_head(crops), "regions": regions, "image_index": index}
 
     def reid_branch(
@@ -411,21 +459,32 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         if "reid" not in self.heads or count == 0 or (self.training and count < 2):
             return None
         maps = OrderedDict(zip(PYRAMID, pyramid))
-        pooled = self.reid_pool(maps, [b.float() for b in boxes], [(image_size, image_size)]
-                                * len(boxes))  # fmt: skip
+        pooled = self.reid_pool(
+            maps, [b.float() for b in boxes], [(image_size, image_size)] * len(boxes)
+        )
         features, bn_features = self.reid_head(self.reid_tower(pooled))
         classifier = self.identity_classifier
-        index = torch.cat([torch.full((len(b),), i, device=pooled.device)
-                           for i, b in enumerate(boxes)])  # fmt: skip
-        return {"features": features, "embedding": F.normalize(bn_features, dim=1),
-                "logits": classifier(bn_features) if classifier is not None else None,
-                "image_index": index}  # fmt: skip
+        index = torch.cat(
+            [torch.full((len(b),), i, device=pooled.device) for i, b in enumerate(boxes)]
+        )
+        return {
+            "features": features,
+            "embedding": F.normalize(bn_features, dim=1),
+            "logits": classifier(bn_features) if classifier is not None else None,
+            "image_index": index,
+        }
 
     def detect(self, outputs: dict[str, Any], score_threshold: float, max_detections: int):
         """Post-processed detections per image: (boxes (K, 4) network px, scores, labels)."""
-        return postprocess(outputs["cls_logits"], outputs["box_regression"], outputs["points"],
-                           outputs["strides"], score_threshold, iou_threshold=self.hparams.nms_iou,
-                           max_detections=max_detections)  # fmt: skip
+        return postprocess(
+            outputs["cls_logits"],
+            outputs["box_regression"],
+            outputs["points"],
+            outputs["strides"],
+            score_threshold,
+            iou_threshold=self.hparams.nms_iou,
+            max_detections=max_detections,
+        )
 
     def on_detections(self, outputs: dict[str, Any], image_size: int) -> dict[str, Any]:
         """Keypoints and embeddings of the confident detections (inference's per-box path)."""
@@ -433,13 +492,17 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         detections = self.detect(outputs, hp.instance_score_threshold, hp.max_instances)
         result: dict[str, Any] = {"detections": detections}
         if "keypoints" in self.heads:
-            persons = [(boxes[labels == self.keypoint_index], scores[labels == self.keypoint_index])
-                       for boxes, scores, labels in detections]  # fmt: skip
+            persons = [
+                (boxes[labels == self.keypoint_index], scores[labels == self.keypoint_index])
+                for boxes, scores, labels in detections
+            ]
             result["keypoint_scores"] = [s for _, s in persons]
-            result["keypoints"] = self.keypoint_branch(outputs["features"], [b for b, _ in persons],
-                                                       outputs.get("segment_c2"))  # fmt: skip
-        result["reid"] = self.reid_branch(outputs["pyramid"], [b for b, _, _ in detections],
-                                          image_size)  # fmt: skip
+            result["keypoints"] = self.keypoint_branch(
+                outputs["features"], [b for b, _ in persons], outputs.get("segment_c2")
+            )
+        result["reid"] = self.reid_branch(
+            outputs["pyramid"], [b for b, _, _ in detections], image_size
+        )
         return result
 
     def forward_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -455,32 +518,39 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         """The instances that carry keypoint / identity labels, per image (masking per sample)."""
         truth: dict[str, Any] = {"keypoint_boxes": None, "reid_boxes": None}
         if "keypoints" in self.heads:
-            rows = [(lab == self.keypoint_index) & ~crowd & (kps[..., 2] > 0).any(-1)
-                    for lab, crowd, kps in zip(batch["label"], batch["crowd"],
-                                               batch["keypoints"])]  # fmt: skip
+            rows = [
+                (lab == self.keypoint_index) & ~crowd & (kps[..., 2] > 0).any(-1)
+                for lab, crowd, kps in zip(batch["label"], batch["crowd"], batch["keypoints"])
+            ]
             truth["keypoint_rows"] = rows
             truth["keypoint_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
             truth["keypoints"] = [k[r] for k, r in zip(batch["keypoints"], rows)]
             copies = self.hparams.keypoint_rois
             if self.training and copies > 1:
                 jitter = self.hparams.keypoint_jitter
-                truth["keypoint_boxes"] = [ops.jitter_boxes(b, copies, jitter).flatten(0, 1)
-                                           for b in truth["keypoint_boxes"]]  # fmt: skip
-                truth["keypoints"] = [k.repeat_interleave(copies, dim=0)
-                                      for k in truth["keypoints"]]  # fmt: skip
+                truth["keypoint_boxes"] = [
+                    ops.jitter_boxes(b, copies, jitter).flatten(0, 1)
+                    for b in truth["keypoint_boxes"]
+                ]
+                truth["keypoints"] = [
+                    k.repeat_interleave(copies, dim=0) for k in truth["keypoints"]
+                ]
         if "reid" in self.heads:
             # Colour-shifted images keep their boxes and masks but lose their identities: on
             # them a red shirt shows blue, which would teach re-ID that colour says nothing.
             shifted = batch.get("colour_shifted")
             if shifted is None:
                 shifted = torch.zeros(len(batch["identity"]), dtype=torch.bool)
-            rows = [(ids >= 0) & ~crowd & ~s.to(crowd.device)
-                    for ids, crowd, s in zip(batch["identity"], batch["crowd"], shifted)]
+            rows = [
+                (ids >= 0) & ~crowd & ~s.to(crowd.device)
+                for ids, crowd, s in zip(batch["identity"], batch["crowd"], shifted)
+            ]
             truth["reid_rows"] = rows
             truth["reid_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
             truth["identity"] = torch.cat([i[r] for i, r in zip(batch["identity"], rows)])
-            truth["identity_label"] = torch.cat([i[r] for i, r in zip(batch["identity_label"],
-                                                                      rows)])  # fmt: skip
+            truth["identity_label"] = torch.cat(
+                [i[r] for i, r in zip(batch["identity_label"], rows)]
+            )
         return truth
 
     # ---- losses -------------------------------------------------------------------------------
@@ -491,22 +561,29 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
             rows = batch["class_mask"].any(dim=1)
             if rows.any():
                 pick = rows.nonzero().squeeze(1).tolist()
-                targets = pad_targets([batch["boxes_xyxy"][i] for i in pick],
-                                      [batch["label"][i] for i in pick],
-                                      [batch["crowd"][i] for i in pick])  # fmt: skip
+                targets = pad_targets(
+                    [batch["boxes_xyxy"][i] for i in pick],
+                    [batch["label"][i] for i in pick],
+                    [batch["crowd"][i] for i in pick],
+                )
                 losses["detect"] = detection_loss(
-                    outputs["cls_logits"][rows], outputs["box_regression"][rows],
-                    outputs["points"], outputs["strides"], targets,
-                    class_mask=batch["class_mask"][rows])["loss"]  # fmt: skip
+                    outputs["cls_logits"][rows],
+                    outputs["box_regression"][rows],
+                    outputs["points"],
+                    outputs["strides"],
+                    targets,
+                    class_mask=batch["class_mask"][rows],
+                )["loss"]
         if "segment" in self.heads and batch["has_mask"].any():
             rows = batch["has_mask"]
-            losses["segment"] = segmentation_loss(outputs["segment"][rows], batch["mask"][rows],
-                                                  None, hp.dice_weight)["loss"]  # fmt: skip
+            losses["segment"] = segmentation_loss(
+                outputs["segment"][rows], batch["mask"][rows], None, hp.dice_weight
+            )["loss"]
         if "classify" in self.heads and (batch["image_label"] >= 0).any():
             rows = batch["image_label"] >= 0
-            losses["classify"] = classification_loss(outputs["classify"][rows],
-                                                      batch["image_label"][rows],
-                                                      hp.label_smoothing)  # fmt: skip
+            losses["classify"] = classification_loss(
+                outputs["classify"][rows], batch["image_label"][rows], hp.label_smoothing
+            )
         if outputs.get("keypoints") is not None:
             losses["keypoints"] = self.keypoint_loss(outputs["keypoints"], outputs["truth"])
         if outputs.get("reid") is not None:
@@ -518,8 +595,11 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         keypoints = torch.cat(truth["keypoints"])
         crop = ops.to_region_pixels(keypoints[..., :2], predicted["regions"], self.crop_size)
         heatmaps = predicted["heatmaps"]
-        targets, weights = encode_heatmaps(torch.cat([crop, keypoints[..., 2:]], dim=-1),
-                                           heatmaps.shape[-2:], self.hparams.heatmap_sigma)
+        targets, weights = encode_heatmaps(
+            torch.cat([crop, keypoints[..., 2:]], dim=-1),
+            heatmaps.shape[-2:],
+            self.hparams.heatmap_sigma,
+        )
         return heatmap_loss(heatmaps, targets, weights)
 
     def reid_loss(self, predicted: dict[str, Any], truth: dict[str, Any]) -> Tensor:
@@ -528,7 +608,8 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
         loss = batch_hard_triplet_loss(predicted["features"], truth["identity"], hp.triplet_margin)
         if predicted["logits"] is not None:
             loss = loss + hp.id_loss_weight * identity_loss(
-                predicted["logits"], truth["identity_label"], hp.label_smoothing)
+                predicted["logits"], truth["identity_label"], hp.label_smoothing
+            )
         return loss
 
     def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -74,8 +74,11 @@ class MultiTaskOutputs:
             if index is not None:  # a category the evaluation file lacks cannot be scored
                 for p in predictions:
                     keep = torch.isin(p["category_id"], torch.tensor(index.category_ids))
-                    p.update(bbox=p["bbox"][keep], score=p["score"][keep],
-                             category_id=p["category_id"][keep])  # fmt: skip
+                    p.update(
+                        bbox=p["bbox"][keep],
+                        score=p["score"][keep],
+                        category_id=p["category_id"][keep],
+                    )
             metric["detect"].update(predictions, batch["image_id"])
         if "segment" in metric:
             for i in range(len(batch["image_id"])):
@@ -96,15 +99,18 @@ class MultiTaskOutputs:
             truth, reid = outputs["truth"], outputs["reid"]
             rows = truth["reid_rows"]
             metric["reid"].update(
-                reid["embedding"], truth["identity"],
+                reid["embedding"],
+                truth["identity"],
                 batch["camera"].to(reid["image_index"].device)[reid["image_index"]],
                 torch.cat([q[r] for q, r in zip(batch["is_query"], rows)]),
-                torch.cat([a[r] for a, r in zip(batch["annotation_id"], rows)]))  # fmt: skip
+                torch.cat([a[r] for a, r in zip(batch["annotation_id"], rows)]),
+            )
 
     def _image_keypoints(self, predicted: dict[str, Tensor], batch: dict[str, Any]) -> Tensor:
         """(R, K, 3) x, y in original COCO pixels and keypoint score, from RoI heatmaps."""
-        points, scores = decode_heatmaps(predicted["heatmaps"].detach().float(),
-                                         self.hparams.heatmap_sigma)  # fmt: skip
+        points, scores = decode_heatmaps(
+            predicted["heatmaps"].detach().float(), self.hparams.heatmap_sigma
+        )
         network = ops.from_region_pixels(points, predicted["regions"].float(), self.crop_size)
         index = predicted["image_index"].cpu()
         scale = torch.tensor([_numbers(batch, int(i))[0] for i in index], dtype=torch.float64)
@@ -143,8 +149,14 @@ class MultiTaskOutputs:
         scale = torch.tensor([_numbers(batch, int(i))[0] for i in index], dtype=torch.float64)
         sizes = (regions[:, 2:] - regions[:, :2]).amax(dim=1) / scale
         truth = torch.zeros_like(predicted)  # no ground truth is paired with a detection
-        metric.update(sample_ids, image_ids, predicted,
-                      instance_scores(predicted[..., 2], box_scores), truth, sizes)  # fmt: skip
+        metric.update(
+            sample_ids,
+            image_ids,
+            predicted,
+            instance_scores(predicted[..., 2], box_scores),
+            truth,
+            sizes,
+        )
 
     def _original_label_map(self, logits: Tensor, batch: dict[str, Any], i: int) -> Tensor:
         scale, pad_x, pad_y, size = _numbers(batch, i)
@@ -156,10 +168,15 @@ class MultiTaskOutputs:
         hp = self.hparams
         detections = self.detect(outputs, hp.score_threshold, hp.max_detections)
         ids = torch.tensor([c["id"] for c in self.categories])
-        return [{"image_id": int(batch["image_id"][i]),
-                 "bbox": self._to_original_boxes(boxes, batch, i), "score": scores.float().cpu(),
-                 "category_id": ids[labels.cpu()]}
-                for i, (boxes, scores, labels) in enumerate(detections)]  # fmt: skip
+        return [
+            {
+                "image_id": int(batch["image_id"][i]),
+                "bbox": self._to_original_boxes(boxes, batch, i),
+                "score": scores.float().cpu(),
+                "category_id": ids[labels.cpu()],
+            }
+            for i, (boxes, scores, labels) in enumerate(detections)
+        ]
 
     def _to_original_boxes(self, boxes: Tensor, batch: dict[str, Any], i: int) -> Tensor:
         scale, pad_x, pad_y, (height, width) = _numbers(batch, i)
@@ -178,8 +195,9 @@ class MultiTaskOutputs:
         classifier); ``classify`` (one record).
         """
         count = len(batch["image_id"])
-        results: list[dict[str, Any]] = [{"image_id": int(batch["image_id"][i])}
-                                         for i in range(count)]  # fmt: skip
+        results: list[dict[str, Any]] = [
+            {"image_id": int(batch["image_id"][i])} for i in range(count)
+        ]
         if "detect" in self.heads:
             for result, det in zip(results, self.decode_detections(outputs, batch)):
                 result["detect"] = {k: det[k] for k in ("bbox", "score", "category_id")}
@@ -187,14 +205,20 @@ class MultiTaskOutputs:
             for i, result in enumerate(results):
                 label = self._original_label_map(outputs["segment"][i], batch, i)
                 result["label_map"] = label.to(torch.uint8).cpu().numpy()
-                result["segment"] = label_map_results(result["label_map"], result["image_id"],
-                                                      self.categories)  # fmt: skip
+                result["segment"] = label_map_results(
+                    result["label_map"], result["image_id"], self.categories
+                )
         if "classify" in self.heads:
             probs = outputs["classify"].softmax(dim=1)
             for result, p in zip(results, probs):
                 k = int(p.argmax())
-                result["classify"] = [{"image_id": result["image_id"], "score": float(p[k]),
-                                       "category_id": self.categories[k]["id"]}]  # fmt: skip
+                result["classify"] = [
+                    {
+                        "image_id": result["image_id"],
+                        "score": float(p[k]),
+                        "category_id": self.categories[k]["id"],
+                    }
+                ]
         self._decode_instances(outputs.get("on_detections") or {}, batch, results)
         return results
 
@@ -207,11 +231,14 @@ class MultiTaskOutputs:
                 box_scores = torch.cat(found["keypoint_scores"]).double().cpu()
                 scores = instance_scores(points[..., 2], box_scores)
                 for i, p, s in zip(found["keypoints"]["image_index"].tolist(), points, scores):
-                    results[i]["keypoints"].append({
-                        "image_id": results[i]["image_id"],
-                        "category_id": self.keypoint_category["id"],
-                        "keypoints": [round(v, 3) for v in p.flatten().tolist()],
-                        "score": float(s)})  # fmt: skip
+                    results[i]["keypoints"].append(
+                        {
+                            "image_id": results[i]["image_id"],
+                            "category_id": self.keypoint_category["id"],
+                            "keypoints": [round(v, 3) for v in p.flatten().tolist()],
+                            "score": float(s),
+                        }
+                    )
         if "reid" not in self.heads:
             return
         ids = [c["id"] for c in self.categories]
@@ -224,9 +251,16 @@ class MultiTaskOutputs:
             xywh = self._to_original_boxes(boxes, batch, i)
             for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
                 identity = int(logits[row].argmax()) if logits is not None else -1
-                records.append({"image_id": results[i]["image_id"], "category_id": ids[label],
-                                "bbox": [round(v, 3) for v in box], "score": round(score, 5),
-                                "embedding": embeddings[row].tolist(), "identity": identity})
+                records.append(
+                    {
+                        "image_id": results[i]["image_id"],
+                        "category_id": ids[label],
+                        "bbox": [round(v, 3) for v in box],
+                        "score": round(score, 5),
+                        "embedding": embeddings[row].tolist(),
+                        "identity": identity,
+                    }
+                )
                 row += 1
             results[i]["reid"] = records
         for result in results:
@@ -238,7 +272,8 @@ class MultiTaskOutputs:
         for head in self.heads:
             if head == "detect":
                 out[head] = results_from_predictions(
-                    [{"image_id": p["image_id"], **p["detect"]} for p in predictions])
+                    [{"image_id": p["image_id"], **p["detect"]} for p in predictions]
+                )
             else:
                 out[head] = [record for p in predictions for record in p.get(head, [])]
         return out
@@ -258,21 +293,34 @@ class MultiTaskOutputs:
         instances = prediction.get("reid") or []
         if not instances and "detect" in prediction:
             det = prediction["detect"]
-            instances = [{"bbox": b, "score": s, "category_id": c, "identity": -1}
-                         for b, s, c in zip(det["bbox"].tolist(), det["score"].tolist(),
-                                            det["category_id"].tolist())]  # fmt: skip
+            instances = [
+                {"bbox": b, "score": s, "category_id": c, "identity": -1}
+                for b, s, c in zip(
+                    det["bbox"].tolist(), det["score"].tolist(), det["category_id"].tolist()
+                )
+            ]
         shown = [r for r in instances if r["score"] >= self.draw_score_threshold]
         if shown:
             boxes = ops.xywh_to_xyxy(torch.tensor([r["bbox"] for r in shown]))
-            labels = [f"{name_of[r['category_id']]} {r['score']:.2f}"
-                      + (f" id{r['identity']}" if r["identity"] >= 0 else "") for r in shown]
+            labels = [
+                f"{name_of[r['category_id']]} {r['score']:.2f}"
+                + (f" id{r['identity']}" if r["identity"] >= 0 else "")
+                for r in shown
+            ]
             drawn = draw_bounding_boxes(drawn, boxes, labels, colors="red", width=1)
         for record in prediction.get("keypoints") or []:
             if record["score"] < self.draw_score_threshold:
                 continue
             points = torch.tensor(record["keypoints"]).reshape(1, -1, 3)
-            drawn = draw_keypoints(drawn, points[..., :2], self.skeleton, colors="yellow",
-                                   radius=1, width=1, visibility=points[..., 2] > 0.2)
+            drawn = draw_keypoints(
+                drawn,
+                points[..., :2],
+                self.skeleton,
+                colors="yellow",
+                radius=1,
+                width=1,
+                visibility=points[..., 2] > 0.2,
+            )
         return drawn.permute(1, 2, 0).numpy()
 
     def draw_samples(self, outputs: dict[str, Any], batch: dict[str, Any]) -> list:
@@ -283,11 +331,17 @@ class MultiTaskOutputs:
         for i, prediction in enumerate(predictions):
             scale, pad_x, pad_y, (height, width) = _numbers(batch, i)
             new_w, new_h = ops.letterbox_size(height, width, scale)
-            original = cv2.resize(np.ascontiguousarray(images[i, pad_y:pad_y + new_h,
-                                                              pad_x:pad_x + new_w]),
-                                  (width, height))  # fmt: skip
-            drawn.append((self.draw_prediction(original, prediction),
-                          f"image {prediction['image_id']}", None))
+            original = cv2.resize(
+                np.ascontiguousarray(images[i, pad_y : pad_y + new_h, pad_x : pad_x + new_w]),
+                (width, height),
+            )
+            drawn.append(
+                (
+                    self.draw_prediction(original, prediction),
+                    f"image {prediction['image_id']}",
+                    None,
+                )
+            )
         return drawn
 
     # ---- report ---------------------------------------------------------------------------------
@@ -295,58 +349,106 @@ class MultiTaskOutputs:
         """Every head's numbers in one report: headline, all scalars, per-head tables, figures."""
         if values.get("keypoints_detected/instances") == 0 and "keypoints_gt/AP" in values:
             values = {**values, "keypoints_detected/AP": 0.0}  # no person detected: nothing found
-        headline = {f"{head}/{key}": float(values[f"{head}/{key}"])
-                    for head, keys in HEADLINE.items() for key in keys
-                    if f"{head}/{key}" in values}  # fmt: skip
-        metrics = {k: float(v) for k, v in values.items()
-                   if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)}
+        headline = {
+            f"{head}/{key}": float(values[f"{head}/{key}"])
+            for head, keys in HEADLINE.items()
+            for key in keys
+            if f"{head}/{key}" in values
+        }
+        metrics = {
+            k: float(v)
+            for k, v in values.items()
+            if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)
+        }
         tables, figures = {}, []
         if "detect/result" in values:
             result = values["detect/result"]
             tables["detect_per_category_AP"] = result.per_category
-            figures.append(Figure("detect_pr_curves", "curves", "Detection: precision-recall at "
-                                  "IoU 0.5", {"series": result.pr_curves, "xlabel": "recall",
-                                              "ylabel": "precision"}))  # fmt: skip
+            figures.append(
+                Figure(
+                    "detect_pr_curves",
+                    "curves",
+                    "Detection: precision-recall at IoU 0.5",
+                    {"series": result.pr_curves, "xlabel": "recall", "ylabel": "precision"},
+                )
+            )
         if "segment/iou" in values:
             names = ["background", *self.class_names]
             tables["segment_per_class"] = [
                 {"class": n, "iou": float(i), "accuracy": float(a)}
-                for n, i, a in zip(names, values["segment/iou"].tolist(),
-                                   values["segment/accuracy"].tolist())]  # fmt: skip
-            figures.append(Figure("segment_confusion", "confusion_matrix", "Segmentation: pixel "
-                                  "confusion matrix", {"matrix": values["segment/confusion"]
-                                                       .cpu().numpy(), "names": names}))
+                for n, i, a in zip(
+                    names, values["segment/iou"].tolist(), values["segment/accuracy"].tolist()
+                )
+            ]
+            figures.append(
+                Figure(
+                    "segment_confusion",
+                    "confusion_matrix",
+                    "Segmentation: pixel confusion matrix",
+                    {"matrix": values["segment/confusion"].cpu().numpy(), "names": names},
+                )
+            )
         if "keypoints_gt/pck_per_keypoint" in values:
             tables["keypoints_per_keypoint_gt_boxes"] = [
-                {"keypoint": n, "PCK": float(p)} for n, p in
-                zip(self.keypoint_category["keypoints"],
-                    values["keypoints_gt/pck_per_keypoint"].tolist())]  # fmt: skip
+                {"keypoint": n, "PCK": float(p)}
+                for n, p in zip(
+                    self.keypoint_category["keypoints"],
+                    values["keypoints_gt/pck_per_keypoint"].tolist(),
+                )
+            ]
         if "reid/cmc" in values:
             cmc = [float(v) for v in values["reid/cmc"]]
-            figures.append(Figure("reid_cmc", "curves", "Re-ID: CMC (ground-truth boxes)",
-                                  {"series": [{"label": "CMC", "x": list(range(1, len(cmc) + 1)),
-                                               "y": cmc}], "xlabel": "rank",
-                                   "ylabel": "matching rate"}))  # fmt: skip
+            figures.append(
+                Figure(
+                    "reid_cmc",
+                    "curves",
+                    "Re-ID: CMC (ground-truth boxes)",
+                    {
+                        "series": [{"label": "CMC", "x": list(range(1, len(cmc) + 1)), "y": cmc}],
+                        "xlabel": "rank",
+                        "ylabel": "matching rate",
+                    },
+                )
+            )
         if samples:
-            figures.append(Figure("predictions", "image_grid", "Joint predictions",
-                                  {"images": [s[0] for s in samples],
-                                   "captions": [s[1] for s in samples], "columns": 2}))
-        meta = {"heads": ", ".join(self.heads), "loss_weighting": self.hparams.loss_weighting,
-                "keypoints_gt": "keypoint AP with the ground-truth person boxes",
-                "keypoints_detected": "keypoint AP with the detector's boxes"}  # fmt: skip
+            figures.append(
+                Figure(
+                    "predictions",
+                    "image_grid",
+                    "Joint predictions",
+                    {
+                        "images": [s[0] for s in samples],
+                        "captions": [s[1] for s in samples],
+                        "columns": 2,
+                    },
+                )
+            )
+        meta = {
+            "heads": ", ".join(self.heads),
+            "loss_weighting": self.hparams.loss_weighting,
+            "keypoints_gt": "keypoint AP with the ground-truth person boxes",
+            "keypoints_detected": "keypoint AP with the detector's boxes",
+        }
         return Report("multitask", headline, metrics, tables, figures, meta)
 
     # ---- tools/predict.py -----------------------------------------------------------------------
     def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
         """Letterbox and normalise one RGB image."""
         square, scale, pad_x, pad_y = ops.letterbox_image(image, self.hparams.image_size)
-        return {"image": multitask_transforms(False)(image=square)["image"], "scale": scale,
-                "pad": (pad_x, pad_y), "orig_size": image.shape[:2]}  # fmt: skip
+        return {
+            "image": multitask_transforms(False)(image=square)["image"],
+            "scale": scale,
+            "pad": (pad_x, pad_y),
+            "orig_size": image.shape[:2],
+        }
 
     def write_predictions(
-        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        self,
+        predictions: list[dict[str, Any]],
+        images: list[np.ndarray],
+        names: list[str],
         out_dir: Path,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path]:
         """One drawing per image, ``<stem>.jpg``: mask overlay, boxes with identities, skeletons."""
         written = []
         for prediction, image, name in zip(predictions, images, names):

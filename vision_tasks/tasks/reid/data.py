@@ -79,8 +79,15 @@ class ReidDataset(Dataset):
                         f"{name}: image id={image_id}: field '{camera_field}': expected an "
                         f"integer camera id, got {camera!r} (set --data.camera_field)"
                     )
-                samples.append({"image_id": image_id, "ann": ann, "identity": identity,
-                                "camera": camera, "split": image.get("split")})  # fmt: skip
+                samples.append(
+                    {
+                        "image_id": image_id,
+                        "ann": ann,
+                        "identity": identity,
+                        "camera": camera,
+                        "split": image.get("split"),
+                    }
+                )
         return samples
 
     def _query_flags(self) -> list[bool]:
@@ -247,9 +254,20 @@ class ReidData(VisionDataModule):
         sampler_seed: int = 0,
     ) -> None:
         super().__init__(
-            train_json, train_images, val_json, val_images, test_json, test_images, image_size,
-            batch_size, num_workers, policy, synthetic_seed, synthetic_train, synthetic_val,
-        )  # fmt: skip
+            train_json,
+            train_images,
+            val_json,
+            val_images,
+            test_json,
+            test_images,
+            image_size,
+            batch_size,
+            num_workers,
+            policy,
+            synthetic_seed,
+            synthetic_train,
+            synthetic_val,
+        )
         self.aspect_ratio = aspect_ratio
         self.num_instances = num_instances
         self.identity_field, self.camera_field = identity_field, camera_field
@@ -258,13 +276,22 @@ class ReidData(VisionDataModule):
 
     def describe_samples(self) -> str:
         """Non-crowd annotations that carry an identity."""
-        return (f"non-crowd annotations with an identity: an integer field "
-                f"'{self.identity_field}' >= 0 (another field: --data.identity_field)")
+        return (
+            f"non-crowd annotations with an identity: an integer field "
+            f"'{self.identity_field}' >= 0 (another field: --data.identity_field)"
+        )
 
     def build_dataset(self, index: CocoIndex, train: bool) -> ReidDataset:
         """Crops of the annotations that carry an identity."""
-        return ReidDataset(index, self.image_size, train, self.aspect_ratio,
-                           self.identity_field, self.camera_field, self.crop_margin)  # fmt: skip
+        return ReidDataset(
+            index,
+            self.image_size,
+            train,
+            self.aspect_ratio,
+            self.identity_field,
+            self.camera_field,
+            self.crop_margin,
+        )
 
     def train_batch_sampler(self, dataset: ReidDataset) -> PKBatchSampler:
         """P x K batches, sharded by this process's rank."""
@@ -273,11 +300,13 @@ class ReidData(VisionDataModule):
         shard = DistributedSampler(range(len(dataset)), world, rank, shuffle=False)
         k = min(self.num_instances, max(2, self.batch_size // 2))
         try:
-            sampler = PKBatchSampler(shard, dataset.identities, max(2, self.batch_size // k), k,
-                                     self.sampler_seed)  # fmt: skip
+            sampler = PKBatchSampler(
+                shard, dataset.identities, max(2, self.batch_size // k), k, self.sampler_seed
+            )
         except CocoDataError as error:
-            raise CocoDataError(f"{dataset.index.json_path}: field '{self.identity_field}': "
-                                f"{error}") from None  # fmt: skip
+            raise CocoDataError(
+                f"{dataset.index.json_path}: field '{self.identity_field}': {error}"
+            ) from None
         if sampler.left_out:
             log.info("P x K sampler: %d identities with one sample left out", sampler.left_out)
         return sampler

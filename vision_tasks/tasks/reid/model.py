@@ -157,12 +157,21 @@ class ReidTask(BaseTask):
         min_lr_ratio: float = 0.05,
     ) -> None:
         super().__init__(
-            backbone, backbone_weights, 3, freeze_at, lr, backbone_lr_mult, weight_decay,
-            warmup_epochs, freeze_backbone_epochs, min_lr_ratio,
-        )  # fmt: skip
+            backbone,
+            backbone_weights,
+            3,
+            freeze_at,
+            lr,
+            backbone_lr_mult,
+            weight_decay,
+            warmup_epochs,
+            freeze_backbone_epochs,
+            min_lr_ratio,
+        )
         if last_stride != 2:  # BaseTask builds the usual stride-2 trunk
-            self.backbone = Backbone(backbone, backbone_weights, 3, freeze_at,
-                                     last_stride=last_stride)  # fmt: skip
+            self.backbone = Backbone(
+                backbone, backbone_weights, 3, freeze_at, last_stride=last_stride
+            )
         self.categories = categories or []
         self.head = ReidHead(self.backbone.out_channels["c5"], embedding_dim, pooling)
         self.classifier: nn.Linear | None = None
@@ -188,8 +197,10 @@ class ReidTask(BaseTask):
             self._build_classifier(found)
             self.hparams.num_identities = found
         elif self.classifier.out_features < found:
-            raise CocoDataError(f"--model.num_identities {self.classifier.out_features} is "
-                                f"below the {found} identities of the training data")  # fmt: skip
+            raise CocoDataError(
+                f"--model.num_identities {self.classifier.out_features} is "
+                f"below the {found} identities of the training data"
+            )
 
     def forward(self, images: Tensor) -> dict[str, Tensor | None]:
         """(B, 3, H, W) -> ``features`` (B, D), ``embedding`` (B, D) unit-norm, ``logits``."""
@@ -210,8 +221,13 @@ class ReidTask(BaseTask):
 
     def update_metric(self, metric: ReidMetric, outputs: dict[str, Any], batch: dict) -> None:
         """Collect embeddings with identity, camera, query flag and annotation id."""
-        metric.update(outputs["embedding"], batch["identity"], batch["camera"],
-                      batch["is_query"], batch["annotation_id"])  # fmt: skip
+        metric.update(
+            outputs["embedding"],
+            batch["identity"],
+            batch["camera"],
+            batch["is_query"],
+            batch["annotation_id"],
+        )
 
     def decode(self, outputs: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Per sample: image id (annotation id where known) and its (D,) float32 embedding."""
@@ -230,9 +246,12 @@ class ReidTask(BaseTask):
         return {"image": reid_transforms(height, width, train=False)(image=image)["image"]}
 
     def write_predictions(
-        self, predictions: list[dict[str, Any]], images: list[np.ndarray], names: list[str],
+        self,
+        predictions: list[dict[str, Any]],
+        images: list[np.ndarray],
+        names: list[str],
         out_dir: Path,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path]:
         """Append the batch to ``embeddings.npy`` (N, D) and its file names to ``embeddings.json``.
 
         ``tools/predict.py`` numbers images from 1 in file order: image 1 starts the files anew.
@@ -274,7 +293,7 @@ class ReidTask(BaseTask):
         pending: list[Tensor] = []
 
         def embed_pending() -> None:
-            batch = {"image_id": torch.as_tensor([r["image_id"] for r in records[-len(pending):]])}
+            batch = {"image_id": torch.as_tensor([r["image_id"] for r in records[-len(pending) :]])}
             with torch.inference_mode():
                 predictions = self.decode(network(torch.stack(pending)), batch)
             rows.extend(p["embedding"] for p in predictions)
@@ -286,10 +305,15 @@ class ReidTask(BaseTask):
                 x, y, w, h = ann["bbox"]
                 matrix = ops.box_affine([x, y, x + w, y + h], size, margin=margin)
                 pending.append(transform(image=ops.crop_affine(image, matrix, size))["image"])
-                records.append({"annotation_id": ann["id"], "image_id": image_id,
-                                "category_id": ann["category_id"],
-                                "identity": ann.get(identity_field),
-                                "camera": info.get(camera_field)})  # fmt: skip
+                records.append(
+                    {
+                        "annotation_id": ann["id"],
+                        "image_id": image_id,
+                        "category_id": ann["category_id"],
+                        "identity": ann.get(identity_field),
+                        "camera": info.get(camera_field),
+                    }
+                )
                 if len(pending) == batch_size:
                     embed_pending()
         if pending:
@@ -299,10 +323,16 @@ class ReidTask(BaseTask):
         out_dir = Path(out_dir)
         buffer = io.BytesIO()
         np.save(buffer, np.stack(rows).astype(np.float32))
-        listing = {"annotations": records, "dim": int(rows[0].shape[0]), "normalized": True,
-                   "source": str(index.json_path)}  # fmt: skip
-        return [atomic_write_bytes(out_dir / "embeddings.npy", buffer.getvalue()),
-                atomic_write_json(out_dir / "embeddings.json", listing)]  # fmt: skip
+        listing = {
+            "annotations": records,
+            "dim": int(rows[0].shape[0]),
+            "normalized": True,
+            "source": str(index.json_path),
+        }
+        return [
+            atomic_write_bytes(out_dir / "embeddings.npy", buffer.getvalue()),
+            atomic_write_json(out_dir / "embeddings.json", listing),
+        ]
 
     # ---- report -----------------------------------------------------------------------------
     def build_report(self, values: dict[str, Any], samples: list) -> Report:
@@ -312,16 +342,26 @@ class ReidTask(BaseTask):
         cmc = [float(v) for v in values["cmc"]]
         metrics = {**headline, **{k: int(values[k]) for k in counts}, "cmc": cmc}
         figures = [
-            Figure("cmc", "curves", "CMC curve",
-                   {"series": [{"label": "CMC", "x": list(range(1, len(cmc) + 1)), "y": cmc}],
-                    "xlabel": "rank", "ylabel": "matching rate"}),
-        ]  # fmt: skip
+            Figure(
+                "cmc",
+                "curves",
+                "CMC curve",
+                {
+                    "series": [{"label": "CMC", "x": list(range(1, len(cmc) + 1)), "y": cmc}],
+                    "xlabel": "rank",
+                    "ylabel": "matching rate",
+                },
+            ),
+        ]
         grid = self._retrieval_grid(values.get("examples") or {})
         if grid is not None:
             figures.append(grid)
         if metrics["num_skipped_queries"]:
-            log.warning("%d of %d queries have no match in the gallery and were skipped",
-                        metrics["num_skipped_queries"], metrics["num_queries"])  # fmt: skip
+            log.warning(
+                "%d of %d queries have no match in the gallery and were skipped",
+                metrics["num_skipped_queries"],
+                metrics["num_queries"],
+            )
         return Report("reid", headline, metrics, {}, figures)
 
     def _retrieval_grid(self, examples: dict[str, Any]) -> Figure | None:
@@ -331,8 +371,9 @@ class ReidTask(BaseTask):
             return None
         images, captions, ok = [], [], []
         columns = 1 + max(len(top) for top in examples["gallery_keys"])
-        for query, top, correct in zip(examples["query_keys"].tolist(),
-                                       examples["gallery_keys"], examples["correct"]):  # fmt: skip
+        for query, top, correct in zip(
+            examples["query_keys"].tolist(), examples["gallery_keys"], examples["correct"]
+        ):
             for rank, key in enumerate([query, *top.tolist()]):
                 i = dataset.positions[key]
                 images.append(dataset.crop(i))
