@@ -7,8 +7,13 @@ from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
+from albumentations.augmentations.geometric import functional as fgeometric
+from albumentations.core.bbox_utils import denormalize_bboxes, normalize_bboxes
+from albumentations.core.type_definitions import Targets
 from albumentations.pytorch import ToTensorV2
 
+from vision_tasks import ops
 from vision_tasks.ops import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -16,12 +21,67 @@ def _finish() -> list[A.BasicTransform]:
     return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
 
 
+class Letterbox(A.DualTransform):
+    """:func:`vision_tasks.ops.letterbox_image` as an albumentations transform: the image and
+    its label mask, boxes and keypoints placed exactly where inference places them.
+
+    Training pipelines and ``predict`` share one geometry this way; LongestMaxSize + PadIfNeeded
+    rounds sides and resamples differently (a 1-px side, area vs linear downscaling).
+
+    Args:
+        size: side of the square output.
+        fill: grey level of the padding around the image.
+        fill_mask: label of the padding in a mask (the ignore index, where one is used).
+    """
+
+    _targets = (Targets.IMAGE, Targets.MASK, Targets.BBOXES, Targets.KEYPOINTS)
+
+    def __init__(self, size: int, fill: int = 114, fill_mask: int = 0, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.size, self.fill, self.fill_mask = size, fill, fill_mask
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict[str, Any]:
+        """``scale`` and ``pad_x`` / ``pad_y`` of :func:`vision_tasks.ops.letterbox_params`."""
+        height, width = params["shape"][:2]
+        scale, pad_x, pad_y = ops.letterbox_params(height, width, self.size)
+        return {"scale": scale, "pad_x": pad_x, "pad_y": pad_y}
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        """The image, letterboxed."""
+        return ops.letterbox_image(img, self.size, self.fill)[0]
+
+    def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
+        """A label mask, letterboxed with nearest resampling, padding ``fill_mask``."""
+        return ops.letterbox_label_map(mask, self.size, self.fill_mask)
+
+    def apply_to_bboxes(
+        self, bboxes: np.ndarray, scale: float, pad_x: int, pad_y: int, **params: Any
+    ) -> np.ndarray:
+        """(N, 4+) boxes normalised to the input -> normalised to the square."""
+        if not len(bboxes):
+            return bboxes
+        pixels = denormalize_bboxes(bboxes, params["shape"])
+        pixels[:, :4] = pixels[:, :4] * scale + (pad_x, pad_y, pad_x, pad_y)
+        return normalize_bboxes(pixels, (self.size, self.size))
+
+    def apply_to_keypoints(
+        self, keypoints: np.ndarray, scale: float, pad_x: int, pad_y: int, **params: Any
+    ) -> np.ndarray:
+        """(N, 2+) keypoints in input pixels -> square pixels."""
+        if not len(keypoints):
+            return keypoints  # albumentations may hand over an empty 1-D array
+        moved = fgeometric.keypoints_scale(keypoints, scale, scale)  # also their scale column
+        moved[:, :2] += (pad_x, pad_y)
+        return moved
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        """Arguments shown in ``repr`` and serialised."""
+        return ("size", "fill", "fill_mask")
+
+
 def letterbox(size: int) -> list[A.BasicTransform]:
     """Resize the long side to ``size`` and pad centred to a square (aspect ratio kept)."""
-    return [
-        A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR),
-        A.PadIfNeeded(size, size, position="center", border_mode=cv2.BORDER_CONSTANT, fill=114),
-    ]
+    return [Letterbox(size)]
 
 
 class HueTurn(A.ColorJitter):
