@@ -33,6 +33,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from vision_tasks.jsonsafe import json_safe
 from vision_tasks.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -907,22 +908,9 @@ class CocoIndex:
 # --- results -------------------------------------------------------------------------------
 
 
-def _json_safe(obj: Any) -> Any:
-    """Turn numpy / torch scalars and arrays and RLE bytes into plain JSON values."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, bytes):
-        return obj.decode("ascii")  # RLE counts from pycocotools.mask.encode
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
-        return _json_safe(obj.tolist())
-    return obj
-
-
 def write_results_json(results: list[dict], path: str | Path) -> Path:
     """Write a COCO results list atomically (1-based ``id`` filled where absent)."""
-    safe = _json_safe(list(results))
+    safe = json_safe(list(results))
     for i, item in enumerate(safe):
         if not isinstance(item, dict) or "image_id" not in item:
             raise ValueError(f"result #{i} is not an object with an 'image_id': {_show(item)}")

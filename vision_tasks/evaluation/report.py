@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # reports are written on headless machines and in DataLoa
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vision_tasks.jsonsafe import json_safe  # noqa: E402
 from vision_tasks.utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 
 
@@ -54,11 +55,11 @@ def write_report(report: Report, out_dir: str | Path) -> Path:
         figure_files[figure.name] = f"{figure.name}.png"
     payload = {
         "task": report.task,
-        "headline": _plain(report.headline),
-        "metrics": _plain(report.metrics),
-        "tables": _plain(report.tables),
+        "headline": json_safe(report.headline),
+        "metrics": json_safe(report.metrics),
+        "tables": json_safe(report.tables),
         "figures": figure_files,
-        "meta": _plain(report.meta),
+        "meta": json_safe(report.meta),
     }
     atomic_write_json(out_dir / "report.json", payload)
     atomic_write_text(out_dir / "report.md", render_markdown(report, figure_files))
@@ -70,7 +71,7 @@ def render_markdown(report: Report, figure_files: dict[str, str]) -> str:
     lines = [f"# {report.task} evaluation", ""]
     for key, value in report.meta.items():
         lines.append(f"- **{key}**: {value}")
-    lines += ["", "## Headline", "", *_markdown_table([_plain(report.headline)]), ""]
+    lines += ["", "## Headline", "", *_markdown_table([json_safe(report.headline)]), ""]
     scalars = {k: v for k, v in report.metrics.items() if isinstance(v, (int, float))}
     if scalars:
         rows = [{"metric": k, "value": v} for k, v in scalars.items()]
@@ -96,19 +97,6 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
-
-
-def _plain(obj: Any) -> Any:
-    """Convert tensors / NumPy values to JSON-native Python values."""
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else obj
-    return obj
 
 
 def _to_png(fig: plt.Figure) -> bytes:
