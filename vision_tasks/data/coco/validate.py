@@ -60,6 +60,9 @@ class CocoDataError(ValueError):
     reads it once, as if it had been raised in the main process.
     """
 
+    # Tracebacks and pickles name it by its public path, whichever module of the package holds it.
+    __module__ = "vision_tasks.data.coco"
+
     def __init__(self, message: str = "") -> None:
         super().__init__(_worker_message(message, type(self)))
 
