@@ -3,6 +3,9 @@
 The results go through ``COCO.loadRes`` and ``COCOeval`` unchanged, so the 12 (or 10) stats are
 exactly what ``pycocotools`` prints for the same files; this module only names them, adds the
 per-category AP table and precision-recall curves that COCOeval computes but does not show.
+
+It evaluates a copy of the ground truth's annotations, because COCOeval writes into
+them (``ignore`` flags; segm polygons replaced by RLE with bytes, which JSON cannot hold).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from vision_tasks.data.coco import CocoIndex, load_results
+from vision_tasks.data.coco import CocoDataError, CocoIndex, load_results
 
 BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -71,16 +74,22 @@ def coco_evaluate(
     """Run COCOeval on ``results`` (COCO results form) against the index's ground truth.
 
     Args:
-        index: ground truth (its ``coco`` object, after validation).
-        results: e.g. ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` each.
+        index: ground truth (its ``coco`` object, after validation); left unchanged.
+        results: e.g. ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` each;
+            ``segm`` needs ``"segmentation"`` as compressed RLE (``pycocotools.mask.encode``).
         iou_type: ``bbox``, ``segm`` or ``keypoints``.
         image_ids: evaluate on these images only (default: every image of the index).
         keypoint_sigmas: (K,) OKS sigmas for ``keypoints`` (default: COCO's person sigmas).
         category_ids: evaluate these categories only (default: all); ``keypoints`` needs the
             ones that define keypoints (COCOeval reads ``num_keypoints`` of every ground truth).
+
+    Raises:
+        CocoDataError: a result that COCOeval cannot read (one line naming it and its field).
     """
-    gt = index.coco
+    if iou_type == "segm":
+        _check_segm_results(index, results)
     detections = load_results(index, results)
+    gt = _ground_truth_copy(index.coco)
     evaluator = COCOeval(gt, detections, iou_type)
     evaluator.params.imgIds = sorted(image_ids if image_ids is not None else index.image_ids)
     if category_ids is not None:
@@ -93,7 +102,65 @@ def coco_evaluate(
         evaluator.summarize()
     names = KEYPOINT_STATS if iou_type == "keypoints" else BOX_STATS
     stats = {name: float(value) for name, value in zip(names, evaluator.stats)}
-    return CocoEvalResult(stats, _per_category(evaluator, gt), _pr_curves(evaluator, gt))
+    return CocoEvalResult(
+        stats, _per_category(evaluator, index.coco), _pr_curves(evaluator, index.coco)
+    )
+
+
+def _ground_truth_copy(coco: COCO) -> COCO:
+    """A COCO index over copies of the annotation dicts, the only part COCOeval edits."""
+    dataset = dict(coco.dataset)
+    dataset["annotations"] = [dict(a) for a in coco.dataset["annotations"]]
+    gt = COCO()
+    gt.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints
+        gt.createIndex()
+    return gt
+
+
+def _check_segm_results(index: CocoIndex, results: list[dict[str, Any]]) -> None:
+    """One line for the first result whose ``segmentation`` is not its image's compressed RLE."""
+    bad = []
+    for i, result in enumerate(results):
+        problem = _segm_problem(index, result)
+        if problem:
+            bad.append((i, problem))
+    if bad:
+        i, problem = bad[0]
+        more = f" (and {len(bad) - 1} more results like it)" if len(bad) > 1 else ""
+        raise CocoDataError(
+            f"<results>: result #{i}: field 'segmentation': {problem}; segm expects compressed "
+            f"RLE {{'size': [height, width], 'counts': str}} from pycocotools.mask.encode{more}"
+        )
+
+
+def _segm_problem(index: CocoIndex, result: Any) -> str:
+    """Why ``result`` is no segm result COCOeval can read ('' if it is one)."""
+    if not isinstance(result, dict):
+        return ""  # load_results names it
+    seg = result.get("segmentation")
+    if seg is None:
+        return "missing"
+    if isinstance(seg, list):
+        return "got a polygon list"
+    if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
+        return f"got {type(seg).__name__} {_short(seg)}"
+    if not isinstance(seg["counts"], (str, bytes)):
+        return f"got uncompressed RLE (counts a {type(seg['counts']).__name__})"
+    image_id = result.get("image_id")
+    image = index.coco.imgs.get(image_id) if isinstance(image_id, int) else None
+    if image is None:
+        return ""  # load_results names an unknown image id
+    expected = [image["height"], image["width"]]
+    size = seg["size"]
+    if not isinstance(size, (list, tuple)) or list(size) != expected:
+        return f"size {_short(size)} differs from the image's [height, width] {expected}"
+    return ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _per_category(evaluator: COCOeval, gt: COCO) -> list[dict[str, Any]]:
