@@ -1,6 +1,7 @@
-"""coco_evaluate leaves the caller's data intact and names unreadable results.
+"""coco_evaluate: faster-coco-eval gives pycocotools' numbers; the caller's data stays intact.
 
-The cases are shaped like real COCO files: crowd regions as uncompressed
+The oracle is the ``pycocotools`` backend, itself checked against a plain pycocotools run in
+tests/test_detect.py. The cases are shaped like real COCO files: crowd regions as uncompressed
 RLE, a non-crowd RLE object, multi-part polygons, objects of every area range, an image without
 objects, a category nobody detects and one nobody annotated, more than 100 detections on one
 image, keypoints labelled 0 / 1 / 2 and a person without labelled keypoints.
@@ -10,14 +11,20 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
 from vision_tasks.data.coco import CocoDataError, CocoIndex
 from vision_tasks.evaluation.coco_eval import (
+    BACKENDS,
+    BOX_STATS,
+    KEYPOINT_STATS,
+    CocoBoxMetric,
     coco_evaluate,
 )
 
@@ -192,7 +199,62 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> CocoIndex:
     return CocoIndex(root / "instances.json", root, check_images=False)
 
 
-def test_evaluation_leaves_the_index_and_the_results_unchanged(index: CocoIndex) -> None:
+def _assert_same(ours, reference, names) -> None:
+    """Stats, per-category AP and PR curves of two CocoEvalResults agree to 1e-12."""
+    assert list(ours.stats) == list(names)
+    np.testing.assert_allclose(
+        [ours.stats[n] for n in names], [reference.stats[n] for n in names], rtol=0, atol=1e-12
+    )
+    for a, b in zip(ours.per_category, reference.per_category, strict=True):
+        assert a["id"] == b["id"] and a["instances"] == b["instances"]
+        np.testing.assert_allclose(
+            [a[k] for k in ("AP", "AP50", "AP75")],
+            [b[k] for k in ("AP", "AP50", "AP75")],
+            rtol=0,
+            atol=1e-12,
+        )
+    assert [c["label"] for c in ours.pr_curves] == [c["label"] for c in reference.pr_curves]
+    for a, b in zip(ours.pr_curves, reference.pr_curves):
+        np.testing.assert_allclose(a["y"], b["y"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm", "keypoints"])
+def test_faster_backend_gives_pycocotools_numbers(index: CocoIndex, iou_type: str) -> None:
+    results = _results(index.coco.dataset, iou_type)
+    assert sum(r["image_id"] == CROWDED_IMAGE for r in results) > 100  # maxDets 100 bites
+    kwargs = (
+        {"category_ids": [PERSON], "keypoint_sigmas": SIGMAS} if iou_type == "keypoints" else {}
+    )
+    reference = coco_evaluate(index, results, iou_type, **kwargs)
+    faster = coco_evaluate(index, results, iou_type, backend="faster", **kwargs)
+    names = KEYPOINT_STATS if iou_type == "keypoints" else BOX_STATS
+    _assert_same(faster, reference, names)
+    assert 0.05 < reference.stats["AP"] < 0.95  # neither trivial case, where everything agrees
+    if iou_type != "keypoints":
+        per_category = {row["id"]: row["AP"] for row in faster.per_category}
+        assert per_category[SIGN] == 0.0  # annotated, never detected
+        assert per_category[KITE] == -1.0  # detected, never annotated
+        assert faster.stats["AR1"] < faster.stats["AR10"] <= faster.stats["AR100"]
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm", "keypoints"])
+def test_backends_agree_on_cocomini(iou_type: str) -> None:
+    name = "person_keypoints_val2017.json" if iou_type == "keypoints" else "instances_val2017.json"
+    if not (COCOMINI / "annotations" / name).is_file():
+        pytest.skip(f"COCO-MINI is not at {COCOMINI} (shared data of the project machines)")
+    index = CocoIndex(COCOMINI / "annotations" / name, COCOMINI / "val2017", check_images=False)
+    results = _results(index.coco.dataset, iou_type, false_positives=10)
+    kwargs = {"category_ids": [PERSON]} if iou_type == "keypoints" else {}
+    reference = coco_evaluate(index, results, iou_type, **kwargs)
+    faster = coco_evaluate(index, results, iou_type, backend="faster", **kwargs)
+    _assert_same(faster, reference, KEYPOINT_STATS if iou_type == "keypoints" else BOX_STATS)
+    assert 0.05 < reference.stats["AP"] < 0.95
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluation_leaves_the_index_and_the_results_unchanged(
+    index: CocoIndex, backend: str
+) -> None:
     dataset = copy.deepcopy(index.coco.dataset)
     polygon_ids = [a["id"] for a in dataset["annotations"] if isinstance(a["segmentation"], list)]
     for iou_type in ("segm", "bbox", "keypoints"):
@@ -201,7 +263,7 @@ def test_evaluation_leaves_the_index_and_the_results_unchanged(index: CocoIndex)
         kwargs = (
             {"category_ids": [PERSON], "keypoint_sigmas": SIGMAS} if iou_type == "keypoints" else {}
         )
-        coco_evaluate(index, results, iou_type, **kwargs)
+        coco_evaluate(index, results, iou_type, backend=backend, **kwargs)
         assert results == given
     # pycocotools used to turn the index's polygons into RLE with bytes in place.
     assert all(isinstance(index.coco.anns[i]["segmentation"], list) for i in polygon_ids)
@@ -236,3 +298,31 @@ def test_unreadable_segm_results_get_one_clear_line(
     assert message.startswith("<results>: result #3: field 'segmentation': " + expected)
     assert "{'size': [height, width], 'counts': str}" in message
     assert message.endswith("(and 1 more results like it)")
+
+
+def test_box_metric_runs_the_chosen_backend(index: CocoIndex) -> None:
+    results = _results(index.coco.dataset, "bbox")
+    values = {}
+    for backend in BACKENDS:
+        metric = CocoBoxMetric(backend=backend)
+        metric.index = index
+        for image_id in index.image_ids:
+            mine = [r for r in results if r["image_id"] == image_id]
+            prediction = {
+                "image_id": image_id,
+                "bbox": torch.tensor([r["bbox"] for r in mine]).reshape(-1, 4),
+                "score": torch.tensor([r["score"] for r in mine]),
+                "category_id": torch.tensor([r["category_id"] for r in mine], dtype=torch.long),
+            }
+            metric.update([prediction], torch.tensor([image_id]))
+        values[backend] = metric.compute()
+    _assert_same(values["faster"]["result"], values["pycocotools"]["result"], BOX_STATS)
+    assert values["faster"]["detections"] == len(results)
+    with pytest.raises(ValueError, match="must be one of pycocotools, faster, got 'fast'"):
+        CocoBoxMetric(backend="fast")
+
+
+def test_missing_faster_coco_eval_is_named(monkeypatch, index: CocoIndex) -> None:
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import raises ImportError
+    with pytest.raises(ImportError, match="pip install 'faster-coco-eval"):
+        coco_evaluate(index, [], "bbox", backend="faster")

@@ -4,7 +4,11 @@ The results go through ``COCO.loadRes`` and ``COCOeval`` unchanged, so the 12 (o
 exactly what ``pycocotools`` prints for the same files; this module only names them, adds the
 per-category AP table and precision-recall curves that COCOeval computes but does not show.
 
-It evaluates a copy of the ground truth's annotations, because COCOeval writes into
+``backend="faster"`` runs the same evaluation through faster-coco-eval's ``COCOeval_faster``
+(per-image matching and accumulation in C++): the results are loaded by the same pycocotools
+``loadRes`` and the stats agree with pycocotools' to 1e-12 (tests/test_coco_eval.py), several
+times faster on large validation sets (benchmarks/coco_eval_backends.py, docs/evaluation.md).
+Either backend evaluates a copy of the ground truth's annotations, because COCOeval writes into
 them (``ignore`` flags; segm polygons replaced by RLE with bytes, which JSON cannot hold).
 """
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +29,8 @@ from torchmetrics.utilities import dim_zero_cat
 
 from vision_tasks.data.coco import CocoDataError, CocoIndex, load_results
 
+Backend = Literal["pycocotools", "faster"]
+BACKENDS = ("pycocotools", "faster")
 BOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 # COCO's per-keypoint OKS sigmas for the 17 person keypoints (pycocotools' default).
@@ -70,6 +76,7 @@ def coco_evaluate(
     image_ids: list[int] | None = None,
     keypoint_sigmas: np.ndarray | None = None,
     category_ids: list[int] | None = None,
+    backend: Backend = "pycocotools",
 ) -> CocoEvalResult:
     """Run COCOeval on ``results`` (COCO results form) against the index's ground truth.
 
@@ -82,18 +89,22 @@ def coco_evaluate(
         keypoint_sigmas: (K,) OKS sigmas for ``keypoints`` (default: COCO's person sigmas).
         category_ids: evaluate these categories only (default: all); ``keypoints`` needs the
             ones that define keypoints (COCOeval reads ``num_keypoints`` of every ground truth).
+        backend: ``pycocotools`` (the reference) or ``faster`` (faster-coco-eval, same stats).
 
     Raises:
         CocoDataError: a result that COCOeval cannot read (one line naming it and its field).
     """
+    coco_class, eval_class = _backend(backend)
     if iou_type == "segm":
         _check_segm_results(index, results)
     detections = load_results(index, results)
-    gt = _ground_truth_copy(index.coco)
-    evaluator = COCOeval(gt, detections, iou_type)
+    gt = _ground_truth_copy(index.coco, coco_class)
+    if coco_class is not COCO:
+        detections = coco_class(detections.dataset)
+    evaluator = eval_class(gt, detections, iou_type)
     evaluator.params.imgIds = sorted(image_ids if image_ids is not None else index.image_ids)
-    if category_ids is not None:
-        evaluator.params.catIds = sorted(category_ids)
+    # Explicit for both: faster-coco-eval defaults keypoints to annotated categories only.
+    evaluator.params.catIds = sorted(category_ids if category_ids is not None else gt.getCatIds())
     if iou_type == "keypoints" and keypoint_sigmas is not None:
         evaluator.params.kpt_oks_sigmas = np.asarray(keypoint_sigmas, dtype=np.float64)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -107,13 +118,30 @@ def coco_evaluate(
     )
 
 
-def _ground_truth_copy(coco: COCO) -> COCO:
-    """A COCO index over copies of the annotation dicts, the only part COCOeval edits."""
+def _backend(backend: str) -> tuple[type, type]:
+    """The (COCO, COCOeval) classes of ``backend``."""
+    if backend == "pycocotools":
+        return COCO, COCOeval
+    if backend == "faster":
+        try:
+            from faster_coco_eval import COCO as FasterCOCO
+            from faster_coco_eval import COCOeval_faster
+        except ImportError as error:
+            raise ImportError(
+                "coco_evaluate backend 'faster' needs faster-coco-eval: "
+                "pip install 'faster-coco-eval>=1.8'"
+            ) from error
+        return FasterCOCO, COCOeval_faster
+    raise ValueError(f"coco_evaluate backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def _ground_truth_copy(coco: COCO, coco_class: type) -> Any:
+    """A ``coco_class`` index over copies of the annotation dicts, the only part COCOeval edits."""
     dataset = dict(coco.dataset)
     dataset["annotations"] = [dict(a) for a in coco.dataset["annotations"]]
-    gt = COCO()
+    gt = coco_class()
     gt.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' createIndex prints
         gt.createIndex()
     return gt
 
@@ -234,14 +262,17 @@ def results_from_predictions(predictions: list[dict[str, Any]]) -> list[dict[str
 class CocoBoxMetric(Metric):
     """Collects detections over an epoch (gathered across processes) and runs COCOeval bbox.
 
-    Set ``index`` (the split's :class:`CocoIndex`) before ``compute``. ``compute`` returns the 12
-    stats as floats plus ``result`` (:class:`CocoEvalResult`), ``images`` and ``detections``.
+    ``backend`` picks the COCOeval implementation (see :func:`coco_evaluate`). Set ``index`` (the
+    split's :class:`CocoIndex`) before ``compute``. ``compute`` returns the 12 stats as floats
+    plus ``result`` (:class:`CocoEvalResult`), ``images`` and ``detections``.
     """
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend = "pycocotools") -> None:
         super().__init__()
+        _backend(backend)  # an unknown name or a missing package fails here, not after an epoch
+        self.backend = backend
         for name in ("image_ids", "det_image_ids", "det_boxes", "det_scores", "det_categories"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self.index: CocoIndex | None = None
@@ -278,7 +309,9 @@ class CocoBoxMetric(Metric):
             for record, image_id in zip(records, _gathered(self.det_image_ids).tolist()):
                 record["image_id"] = image_id
             records = _unique_records(records)
-        result = coco_evaluate(self.index, records, "bbox", image_ids=image_ids)
+        result = coco_evaluate(
+            self.index, records, "bbox", image_ids=image_ids, backend=self.backend
+        )
         return {
             **result.stats,
             "result": result,
