@@ -553,11 +553,53 @@ def test_coco_to_yolo_segments_write_polygons_and_box_outlines(coco_json, tmp_pa
 
 def test_coco2yolo_tool(coco_json: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "y"
-    _tool().main(
-        ["coco2yolo", str(coco_json), "--images", str(tmp_path / "coco"), "--output", str(out)]
-    )
-    assert capsys.readouterr().out.splitlines()[0].startswith("coco2yolo: 2 images, 3 boxes")
+    printed = _run_tool_lines(capsys, coco_json, tmp_path, out, [])
+    assert printed[0].startswith("coco2yolo: 2 images, 3 boxes")
     assert sorted(p.name for p in (out / "labels").rglob("*.txt")) == ["a.txt", "b.txt"]
+    # one flat split: data.yaml names it as both train and val, and the tool says so
+    assert printed[-1].startswith("data.yaml: train and val are the same images")
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert (data["train"], data["val"]) == ("images", "images")
+
+
+def _run_tool_lines(capsys, coco_json: Path, tmp_path: Path, out: Path, extra: list) -> list:
+    source = ["coco2yolo", str(coco_json), "--images", str(tmp_path / "coco"), "--output"]
+    _tool().main([*source, str(out), *extra])
+    return capsys.readouterr().out.splitlines()
+
+
+def test_coco_to_yolo_splits_share_one_folder_and_data_yaml(coco_json, tmp_path, capsys) -> None:
+    out = tmp_path / "yolo"
+    printed = _run_tool_lines(capsys, coco_json, tmp_path, out, ["--split", "train"])
+    assert printed[0].startswith("coco2yolo train: 2 images, 3 boxes")
+    assert printed[-1] == (
+        "data.yaml: train=images/train; no val yet (Ultralytics needs both: convert it with "
+        "--split val into the same folder)"
+    )
+    val = json.loads(coco_json.read_text())
+    val["images"], val["annotations"] = val["images"][1:], val["annotations"][2:]
+    val_json = tmp_path / "val.json"
+    val_json.write_text(json.dumps(val))
+    printed = _run_tool_lines(capsys, val_json, tmp_path, out, ["--split", "val"])
+    assert printed[-1] == "data.yaml: train=images/train, val=images/val"
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data == {
+        "train": "images/train",
+        "val": "images/val",
+        "nc": 2,
+        "names": ["car", "kite"],
+    }
+    assert (out / "labels/train/a.txt").is_file() and (out / "images/val/sub/b.png").is_symlink()
+    back = yolo_to_coco(out, out / "data.yaml", split="val")  # the Ultralytics layout, read back
+    assert [i["file_name"] for i in back["images"]] == ["images/val/sub/b.png"]
+    assert np.allclose(back["annotations"][0]["bbox"], [33.3, 0.001, 16.7, 39.999], rtol=1e-6)
+    other = json.loads(coco_json.read_text())
+    other["categories"][0]["name"] = "bird"
+    val_json.write_text(json.dumps(other))
+    with pytest.raises(CocoDataError, match=r"data.yaml: field 'names': names \['car', 'kite'\]"):
+        coco_to_yolo(val_json, tmp_path / "coco", out, split="test")
+    with pytest.raises(CocoDataError, match="--split '../x': expected a folder name"):
+        coco_to_yolo(coco_json, tmp_path / "coco", out, split="../x")
 
 
 # ---- real data (skipped where ../shared/data/real is absent) ------------------------------------

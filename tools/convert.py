@@ -8,7 +8,8 @@ Examples:
     python tools/convert.py imagefolder flowers/train --output flowers_train.json
     python tools/convert.py mot MOT17-02 --chunks 3 --output mot17_02.json
     python tools/convert.py mot TUD-Campus.mp4 --gt TUD-Campus_gt.txt --output campus.json
-    python tools/convert.py coco2yolo instances_val.json --images val2017 --output yolo_val
+    python tools/convert.py coco2yolo train.json --images train --split train --output yolo
+    python tools/convert.py coco2yolo val.json --images val --split val --output yolo
 Each prints one summary line (what was converted, marked and dropped) and the folder to pass as
 --data.*_images.
 """
@@ -24,6 +25,7 @@ from vision_tasks.data.convert import (  # noqa: E402
     coco_to_yolo,
     convert_dataset,
     default_frames_dir,
+    describe_data_yaml,
     summarise,
 )
 
@@ -71,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("--segments", action="store_true", help="write polygons instead of boxes")
     back.add_argument("--copy-images", action="store_true", help="copy images (default: links)")
     back.add_argument(
+        "--split",
+        help="the split this file is (train, val, ...): images/SPLIT, labels/SPLIT and its "
+        "data.yaml entry, other splits already there kept (default: a flat folder that "
+        "data.yaml names as both train and val)",
+    )
+    back.add_argument(
         "--policy",
         choices=["strict", "skip"],
         default="strict",
@@ -96,9 +104,16 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         if args.layout == "coco2yolo":
             summary = coco_to_yolo(
-                args.source, args.images, args.output, args.segments, args.copy_images, args.policy
+                args.source,
+                args.images,
+                args.output,
+                args.segments,
+                args.copy_images,
+                args.policy,
+                args.split,
             )
             print(f"{summary}\nwrote {args.output}: data.yaml, labels/, images/")
+            print(describe_data_yaml(args.output))
             return args.output
         dataset = convert_dataset(args.layout, args.source, args.output, options)
     except CocoDataError as error:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vision_tasks.data.convert.coco2yolo import coco_to_yolo
+from vision_tasks.data.convert.coco2yolo import coco_to_yolo, describe_data_yaml
 from vision_tasks.data.convert.common import IMAGE_SUFFIXES, Summary, summarise
 from vision_tasks.data.convert.imagefolder import imagefolder_to_coco
 from vision_tasks.data.convert.market1501 import (
@@ -47,6 +47,7 @@ __all__ = [
     "convert",
     "convert_dataset",
     "default_frames_dir",
+    "describe_data_yaml",
     "imagefolder_to_coco",
     "market1501_to_coco",
     "mot_to_coco",
