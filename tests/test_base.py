@@ -1,5 +1,6 @@
 """BaseTask's optimisation: the fused optimiser, a schedule that follows a time budget, mixed
-precision in training only, and the weight average (ModelEMA)."""
+precision in training only, and the weight average (ModelEMA); the one way from network pixels
+back to the original image."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from vision_tasks.tasks.base import warmup_cosine
+from vision_tasks import ops
+from vision_tasks.tasks.base import letterbox_numbers, warmup_cosine
 from vision_tasks.tasks.classify import ClassifyData, ClassifyTask
 from vision_tasks.utils import ModelEMA
 
@@ -130,3 +132,30 @@ def test_model_ema_is_the_ramped_exponential_average() -> None:
         assert averaged.module.num_batches_tracked.item() == 10 * count  # integers: copied
     with pytest.raises(ValueError, match="0 < decay < 1"):
         ModelEMA(decay=1.0)
+
+
+def test_boxes_go_back_to_the_original_image_clipped() -> None:
+    # A 100 x 200 (h x w) image in a 64 square: scale 64 / 200 = 0.32, 64 x 32 pixels, 16 rows
+    # of padding above and below.
+    assert ops.letterbox_params(100, 200, 64) == (0.32, 0, 16)
+    inside = [8.0, 20.0, 40.0, 36.0]  # x / 0.32, (y - 16) / 0.32
+    into_padding = [-4.0, 10.0, 70.0, 60.0]  # -12.5, -18.75, 218.75, 137.5 before clipping
+    boxes = ops.boxes_to_original(torch.tensor([inside, into_padding]), 0.32, (0, 16), (100, 200))
+    assert boxes.dtype == torch.float64
+    expected = [[25.0, 12.5, 125.0, 62.5], [0.0, 0.0, 200.0, 100.0]]
+    torch.testing.assert_close(boxes, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_letterbox_numbers_read_collated_tensors_and_plain_numbers_alike() -> None:
+    collated = {
+        "scale": torch.tensor([0.5, 0.32], dtype=torch.float64),
+        "pad": torch.tensor([[0.0, 0.0], [0.0, 16.0]], dtype=torch.float64),
+        "orig_size": torch.tensor([[128, 128], [100, 200]]),
+    }
+    from_files = {
+        "scale": [0.5, 0.32],
+        "pad": [(0, 0), (0, 16)],
+        "orig_size": [(128, 128), (100, 200)],
+    }
+    expected = (0.32, 0, 16, (100, 200))
+    assert letterbox_numbers(collated, 1) == letterbox_numbers(from_files, 1) == expected

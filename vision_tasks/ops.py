@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, clip_boxes_to_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -366,3 +366,24 @@ def align_second_patch(images: Tensor, corners: Tensor, patch_size: int) -> Tens
     # B at q shows A's content at H q, so sampling B at H^-1 q shows A's content at q.
     aligned = warp_perspective(images[:, 1:].double(), homography, (size, size), "border")
     return torch.cat([images[:, :1], aligned.to(images.dtype)], dim=1)
+
+
+# ---- back to the original image ----------------------------------------------------------------
+
+
+def boxes_to_original(
+    boxes_xyxy: Tensor,
+    scale: float,
+    pad: tuple[float, float],
+    original_hw: tuple[int, int],
+) -> Tensor:
+    """(N, 4) xyxy boxes in letterboxed network pixels -> (N, 4) xyxy float64 boxes on the CPU
+    in original image pixels, clipped to the (H, W) image.
+
+    The one way back for every task that letterboxes (as torchvision's ``resize_boxes`` then
+    ``clip_boxes_to_image``): :func:`unletterbox_boxes`, then clipped, since a box may reach
+    into the padding.
+    """
+    pad_x, pad_y = (float(v) for v in pad)
+    boxes = unletterbox_boxes(boxes_xyxy.detach().double().cpu(), float(scale), pad_x, pad_y)
+    return clip_boxes_to_image(boxes, tuple(int(v) for v in original_hw))

@@ -39,6 +39,14 @@ Batch = dict[str, Any]
 log = logging.getLogger(__name__)
 
 
+def letterbox_numbers(batch: Batch, i: int) -> tuple[float, int, int, tuple[int, int]]:
+    """Letterbox scale, pad x, pad y and original (h, w) of image ``i`` of a batch: tensors from
+    the loaders' collate and plain numbers from ``tools/predict.py`` alike."""
+    pad_x, pad_y = (int(round(float(v))) for v in batch["pad"][i])
+    height, width = (int(v) for v in batch["orig_size"][i])
+    return float(batch["scale"][i]), pad_x, pad_y, (height, width)
+
+
 class BaseTask(L.LightningModule):
     """Shared steps, optimisation and reporting for all tasks (see the module docstring)."""
 

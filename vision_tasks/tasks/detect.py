@@ -29,7 +29,7 @@ from vision_tasks.data.transforms import detect_transforms
 from vision_tasks.evaluation.coco_eval import CocoBoxMetric, results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct, PANNeck
-from vision_tasks.tasks.base import BaseTask
+from vision_tasks.tasks.base import BaseTask, letterbox_numbers
 from vision_tasks.utils import atomic_write_image
 
 LEVELS = ("c3", "c4", "c5")
@@ -42,7 +42,7 @@ class DetectDataset(Dataset):
 
     Sample keys: ``image`` (3, S, S), ``boxes_xyxy`` (n, 4), ``label`` (n,) class indices,
     ``crowd`` (n,) bool, ``image_id``, and ``scale`` / ``pad`` / ``orig_size`` that map network
-    pixels back to the original image (``ops.unletterbox_boxes``).
+    pixels back to the original image (``ops.boxes_to_original``).
     """
 
     def __init__(
@@ -488,16 +488,12 @@ class DetectTask(BaseTask):
         category_ids = torch.tensor([c["id"] for c in self.categories])
         predictions = []
         for i, (boxes, scores, labels) in enumerate(detections):
-            # Tensors from the training collate, tuples from tools/predict.py: read as numbers.
-            pad_x, pad_y = (float(v) for v in batch["pad"][i])
-            boxes = ops.unletterbox_boxes(boxes.double(), float(batch["scale"][i]), pad_x, pad_y)
-            height, width = (int(v) for v in batch["orig_size"][i])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            scale, pad_x, pad_y, size = letterbox_numbers(batch, i)
+            boxes = ops.boxes_to_original(boxes, scale, (pad_x, pad_y), size)
             predictions.append(
                 {
                     "image_id": int(batch["image_id"][i]),
-                    "bbox": ops.xyxy_to_xywh(boxes).float().cpu(),
+                    "bbox": ops.xyxy_to_xywh(boxes).float(),
                     "score": scores.float().cpu(),
                     "category_id": category_ids[labels.cpu()],
                 }

@@ -21,6 +21,7 @@ from vision_tasks import ops
 from vision_tasks.data.transforms import multitask_transforms
 from vision_tasks.evaluation.coco_eval import results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
+from vision_tasks.tasks.base import letterbox_numbers
 from vision_tasks.tasks.keypoints import decode_heatmaps, instance_scores
 from vision_tasks.tasks.segment import class_map, label_map_results, overlay
 from vision_tasks.utils import atomic_write_image
@@ -33,14 +34,6 @@ HEADLINE = {
     "reid": ("rank1", "mAP"),
     "classify": ("top1",),
 }
-
-
-def _numbers(batch: dict[str, Any], i: int) -> tuple[float, int, int, tuple[int, int]]:
-    """Letterbox scale, pad and original (h, w) of image ``i``: tensors (loaders) or tuples
-    (``tools/predict.py``) alike."""
-    pad_x, pad_y = (int(round(float(v))) for v in batch["pad"][i])
-    height, width = (int(v) for v in batch["orig_size"][i])
-    return float(batch["scale"][i]), pad_x, pad_y, (height, width)
 
 
 class MultiTaskOutputs:
@@ -113,8 +106,12 @@ class MultiTaskOutputs:
         )
         network = ops.from_region_pixels(points, predicted["regions"].float(), self.crop_size)
         index = predicted["image_index"].cpu()
-        scale = torch.tensor([_numbers(batch, int(i))[0] for i in index], dtype=torch.float64)
-        pad = torch.tensor([_numbers(batch, int(i))[1:3] for i in index], dtype=torch.float64)
+        scale = torch.tensor(
+            [letterbox_numbers(batch, int(i))[0] for i in index], dtype=torch.float64
+        )
+        pad = torch.tensor(
+            [letterbox_numbers(batch, int(i))[1:3] for i in index], dtype=torch.float64
+        )
         original = (network.double().cpu() - pad[:, None]) / scale[:, None, None]
         return torch.cat([original, scores.double().cpu()[..., None]], dim=-1)
 
@@ -146,7 +143,9 @@ class MultiTaskOutputs:
         rank = torch.cat([torch.arange(len(s)) for s in found["keypoint_scores"]])
         sample_ids = image_ids.long() * (self.hparams.max_instances + 1) + rank
         regions = found["keypoints"]["regions"].detach().double().cpu()
-        scale = torch.tensor([_numbers(batch, int(i))[0] for i in index], dtype=torch.float64)
+        scale = torch.tensor(
+            [letterbox_numbers(batch, int(i))[0] for i in index], dtype=torch.float64
+        )
         sizes = (regions[:, 2:] - regions[:, :2]).amax(dim=1) / scale
         truth = torch.zeros_like(predicted)  # no ground truth is paired with a detection
         metric.update(
@@ -159,7 +158,7 @@ class MultiTaskOutputs:
         )
 
     def _original_label_map(self, logits: Tensor, batch: dict[str, Any], i: int) -> Tensor:
-        scale, pad_x, pad_y, size = _numbers(batch, i)
+        scale, pad_x, pad_y, size = letterbox_numbers(batch, i)
         return class_map(ops.unletterbox_map(logits.detach(), scale, pad_x, pad_y, size), 0)
 
     # ---- decoding -------------------------------------------------------------------------------
@@ -179,11 +178,8 @@ class MultiTaskOutputs:
         ]
 
     def _to_original_boxes(self, boxes: Tensor, batch: dict[str, Any], i: int) -> Tensor:
-        scale, pad_x, pad_y, (height, width) = _numbers(batch, i)
-        boxes = ops.unletterbox_boxes(boxes.detach().double().cpu(), scale, pad_x, pad_y)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        return ops.xyxy_to_xywh(boxes).float()
+        scale, pad_x, pad_y, size = letterbox_numbers(batch, i)
+        return ops.xyxy_to_xywh(ops.boxes_to_original(boxes, scale, (pad_x, pad_y), size)).float()
 
     def decode(self, outputs: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Per image, every head's predictions in COCO results form.
@@ -329,7 +325,7 @@ class MultiTaskOutputs:
         images = ops.denormalize(batch["image"].detach().cpu()).permute(0, 2, 3, 1).numpy()
         drawn = []
         for i, prediction in enumerate(predictions):
-            scale, pad_x, pad_y, (height, width) = _numbers(batch, i)
+            scale, pad_x, pad_y, (height, width) = letterbox_numbers(batch, i)
             new_w, new_h = ops.letterbox_size(height, width, scale)
             original = cv2.resize(
                 np.ascontiguousarray(images[i, pad_y : pad_y + new_h, pad_x : pad_x + new_w]),
