@@ -434,9 +434,14 @@ def environment() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """``tools/benchmark.py`` entry point."""
     from vision_tasks.tasks import TASKS
+    from vision_tasks.tracking import benchmark as tracking
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if tracking.is_track_run(argv):  # its own options: vision_tasks/tracking/benchmark.py
+        tracking.main(argv)
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=[*TASKS, "all"])
+    parser.add_argument("--task", required=True, choices=[*TASKS, "all", "track"])
     parser.add_argument(
         "--image-size",
         type=int,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vision_tasks.data.coco import CocoDataError
-from vision_tasks.data.convert import _read_mot_gt  # the toolkit's one MOT gt parser
+from vision_tasks.data.convert.mot import _read_mot_gt  # the toolkit's one MOT gt parser
 from vision_tasks.evaluation.report import Figure, Report, write_report
 
 HEADLINE = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
