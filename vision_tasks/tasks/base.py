@@ -10,6 +10,10 @@ for the first epochs and the evaluation report. A task implements:
 - ``decode(outputs, batch) -> list[dict]``  COCO-results-form predictions (``predict_step``)
 - ``build_report(values, samples) -> Report`` numbers + figure data after ``test``
 - ``draw_samples(outputs, batch) -> list``  (image, caption, ok) triples for the report grid
+
+and, for ``tools/predict.py``, ``predict_sample(image) -> dict`` (one file's network input) and
+``draw_prediction(image, prediction) -> image``; the base writes the drawings (and the files of
+``prediction_files``, such as a label map) as ``write_predictions``.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
+from vision_tasks import ops
 from vision_tasks.backbone import Backbone
+from vision_tasks.data.transforms import normalize_only
 from vision_tasks.evaluation.report import Report, write_report
 from vision_tasks.utils import (
+    atomic_write_image,
     capture_rng_state,
     remove_stale_temporaries,
     restore_rng_state,
@@ -45,6 +52,18 @@ def letterbox_numbers(batch: Batch, i: int) -> tuple[float, int, int, tuple[int,
     pad_x, pad_y = (int(round(float(v))) for v in batch["pad"][i])
     height, width = (int(v) for v in batch["orig_size"][i])
     return float(batch["scale"][i]), pad_x, pad_y, (height, width)
+
+
+def letterbox_sample(image: np.ndarray, size: int) -> dict[str, Any]:
+    """One RGB image letterboxed into a ``size`` square and normalised, with the numbers that
+    map its predictions back (:func:`letterbox_numbers`): ``predict_sample`` of such tasks."""
+    square, scale, pad_x, pad_y = ops.letterbox_image(image, size)
+    return {
+        "image": normalize_only()(image=square)["image"],
+        "scale": scale,
+        "pad": (pad_x, pad_y),
+        "orig_size": image.shape[:2],
+    }
 
 
 class BaseTask(L.LightningModule):
@@ -122,6 +141,8 @@ class BaseTask(L.LightningModule):
         return []
 
     # ---- hooks for tools/predict.py (raw image files, no annotations) ------------------------
+    prediction_suffix: ClassVar[str] = ".jpg"  # the drawing of ``<stem>.png`` is <stem><suffix>
+
     def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
         """One RGB uint8 (H, W, 3) image -> a sample dict (``image`` tensor + what decode needs)."""
         raise NotImplementedError(f"tools/predict.py does not support task {self.task_name!r}")
@@ -130,6 +151,16 @@ class BaseTask(L.LightningModule):
         """Decoded predictions -> the records of ``results.json`` (COCO results form)."""
         return predictions
 
+    def draw_prediction(self, image: np.ndarray, prediction: dict[str, Any]) -> np.ndarray:
+        """One image (H, W, 3) uint8 RGB with its decoded prediction drawn (H', W', 3)."""
+        raise NotImplementedError(f"tools/predict.py does not support task {self.task_name!r}")
+
+    def prediction_files(
+        self, image: np.ndarray, prediction: dict[str, Any], name: str, out_dir: Path
+    ) -> list[Path]:
+        """Files of one image written before its drawing (a label map, a JSON record): none."""
+        return []
+
     def write_predictions(
         self,
         predictions: list[dict[str, Any]],
@@ -137,8 +168,14 @@ class BaseTask(L.LightningModule):
         names: list[str],
         out_dir: Path,
     ) -> list[Path]:
-        """Write one batch of decoded predictions (files, drawings) into ``out_dir``."""
-        raise NotImplementedError(f"tools/predict.py does not support task {self.task_name!r}")
+        """Per image: its :meth:`prediction_files`, then its :meth:`draw_prediction` saved as
+        ``<stem><prediction_suffix>`` in ``out_dir``; returns the paths written."""
+        written = []
+        for prediction, image, name in zip(predictions, images, names):
+            written += self.prediction_files(image, prediction, name, Path(out_dir))
+            path = Path(out_dir) / f"{Path(name).stem}{self.prediction_suffix}"
+            written.append(atomic_write_image(path, self.draw_prediction(image, prediction)))
+        return written
 
     # ---- steps --------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

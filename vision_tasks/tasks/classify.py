@@ -9,7 +9,6 @@ Two ways to read COCO data as classification samples:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import cv2
@@ -26,7 +25,6 @@ from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import classify_transforms
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.tasks.base import BaseTask
-from vision_tasks.utils import atomic_write_image
 
 # ---- dataset view -----------------------------------------------------------------------------
 
@@ -317,19 +315,12 @@ class ClassifyTask(BaseTask):
         transform = classify_transforms(size, train=False, already_cropped=False)
         return {"image": transform(image=image)["image"]}
 
-    def write_predictions(
-        self,
-        predictions: list[dict[str, Any]],
-        images: list[np.ndarray],
-        names: list[str],
-        out_dir: Path,
-    ) -> list[Path]:
-        """``<stem>_pred.jpg``: the image with its top class and score written on it."""
+    prediction_suffix = "_pred.jpg"
+
+    def draw_prediction(self, image: np.ndarray, prediction: dict[str, Any]) -> np.ndarray:
+        """The image with its top class and score written on it."""
         name_of = {c["id"]: c["name"] for c in self.categories}
-        written = []
-        for prediction, image, name in zip(predictions, images, names):
-            text = f"{name_of[prediction['category_id']]} {prediction['score']:.2f}"
-            drawn = np.ascontiguousarray(image).copy()
-            cv2.putText(drawn, text, (4, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 0, 0), 2)
-            written.append(atomic_write_image(out_dir / f"{Path(name).stem}_pred.jpg", drawn))
-        return written
+        text = f"{name_of[prediction['category_id']]} {prediction['score']:.2f}"
+        drawn = np.ascontiguousarray(image).copy()
+        cv2.putText(drawn, text, (4, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 0, 0), 2)
+        return drawn

@@ -11,7 +11,6 @@ cost matrix solve (SimOTA's dynamic-k), which keeps the step cheap on a CPU.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +28,7 @@ from vision_tasks.data.transforms import detect_transforms
 from vision_tasks.evaluation.coco_eval import CocoBoxMetric, results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct, PANNeck
-from vision_tasks.tasks.base import BaseTask, letterbox_numbers
-from vision_tasks.utils import atomic_write_image
+from vision_tasks.tasks.base import BaseTask, letterbox_numbers, letterbox_sample
 
 LEVELS = ("c3", "c4", "c5")
 
@@ -559,39 +557,22 @@ class DetectTask(BaseTask):
     # ---- tools/predict.py --------------------------------------------------------------------
     def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
         """Letterbox and normalise one RGB image."""
-        square, scale, pad_x, pad_y = ops.letterbox_image(image, self.hparams.image_size)
-        return {
-            "image": detect_transforms(False)(image=square)["image"],
-            "scale": scale,
-            "pad": (pad_x, pad_y),
-            "orig_size": image.shape[:2],
-        }
+        return letterbox_sample(image, self.hparams.image_size)
 
     def to_results(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One COCO results record per detection."""
         return results_from_predictions(predictions)
 
-    def write_predictions(
-        self,
-        predictions: list[dict[str, Any]],
-        images: list[np.ndarray],
-        names: list[str],
-        out_dir: Path,
-    ) -> list[Path]:
-        """Draw detections above 0.3 on each original image, saved as ``<name>.jpg``."""
+    def draw_prediction(self, image: np.ndarray, prediction: dict[str, Any]) -> np.ndarray:
+        """The original image with its detections above 0.3 (red, class and score)."""
         index_of = {c["id"]: k for k, c in enumerate(self.categories)}
-        written = []
-        for prediction, image, name in zip(predictions, images, names):
-            keep = prediction["score"] >= self.draw_score_threshold
-            boxes = ops.xywh_to_xyxy(prediction["bbox"][keep])
-            labels = [
-                f"{self.class_names[index_of[int(c)]]} {float(s):.2f}"
-                for c, s in zip(prediction["category_id"][keep], prediction["score"][keep])
-            ]
-            drawn = draw_bounding_boxes(
-                torch.from_numpy(image).permute(2, 0, 1), boxes, labels, colors="red", width=2
-            )
-            path = out_dir / f"{Path(name).stem}.jpg"
-            atomic_write_image(path, drawn.permute(1, 2, 0).numpy())
-            written.append(path)
-        return written
+        keep = prediction["score"] >= self.draw_score_threshold
+        boxes = ops.xywh_to_xyxy(prediction["bbox"][keep])
+        labels = [
+            f"{self.class_names[index_of[int(c)]]} {float(s):.2f}"
+            for c, s in zip(prediction["category_id"][keep], prediction["score"][keep])
+        ]
+        drawn = draw_bounding_boxes(
+            torch.from_numpy(image).permute(2, 0, 1), boxes, labels, colors="red", width=2
+        )
+        return drawn.permute(1, 2, 0).numpy()

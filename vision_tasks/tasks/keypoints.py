@@ -33,7 +33,6 @@ from vision_tasks.evaluation.metrics import PCK_CURVE_THRESHOLDS, KeypointMetric
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import HeatmapHead
 from vision_tasks.tasks.base import BaseTask
-from vision_tasks.utils import atomic_write_image
 
 HEATMAP_STRIDE = 4
 CROP_ASPECT = 0.75  # width / height, as COCO top-down models (192 x 256)
@@ -731,27 +730,16 @@ class KeypointTask(BaseTask):
             "box_score": 1.0,
         }
 
-    def write_predictions(
-        self,
-        predictions: list[dict[str, Any]],
-        images: list[np.ndarray],
-        names: list[str],
-        out_dir: Path,
-    ) -> list[Path]:
-        """Draw each image's skeleton (keypoints scoring above 0.2) as ``<name>.jpg``."""
-        written = []
-        for prediction, image, name in zip(predictions, images, names):
-            points = torch.tensor(prediction["keypoints"]).reshape(1, -1, 3)
-            drawn = draw_keypoints(
-                torch.from_numpy(image).permute(2, 0, 1),
-                points[..., :2],
-                self.skeleton,
-                colors="red",
-                radius=2,
-                width=2,
-                visibility=points[..., 2] > 0.2,
-            )
-            path = out_dir / f"{Path(name).stem}.jpg"
-            atomic_write_image(path, drawn.permute(1, 2, 0).numpy())
-            written.append(path)
-        return written
+    def draw_prediction(self, image: np.ndarray, prediction: dict[str, Any]) -> np.ndarray:
+        """The image with its skeleton drawn (keypoints scoring above 0.2)."""
+        points = torch.tensor(prediction["keypoints"]).reshape(1, -1, 3)
+        drawn = draw_keypoints(
+            torch.from_numpy(image).permute(2, 0, 1),
+            points[..., :2],
+            self.skeleton,
+            colors="red",
+            radius=2,
+            width=2,
+            visibility=points[..., 2] > 0.2,
+        )
+        return drawn.permute(1, 2, 0).numpy()

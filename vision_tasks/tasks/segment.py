@@ -37,7 +37,7 @@ from vision_tasks.evaluation.metrics import SegmentationMetric
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct, UNetDecoder
 from vision_tasks.tasks.base import BaseTask
-from vision_tasks.utils import atomic_write_bytes, atomic_write_image
+from vision_tasks.utils import atomic_write_bytes
 
 IGNORE_INDEX = 255
 NETWORK_STRIDE = 32  # c5's stride: inputs are padded to a multiple of it
@@ -624,28 +624,19 @@ class SegmentTask(BaseTask):
             "original_hw": image.shape[:2],
         }
 
-    def write_predictions(
-        self,
-        predictions: list[dict[str, Any]],
-        images: list[np.ndarray],
-        names: list[str],
-        out_dir: Path,
-    ) -> list[Path]:
-        """Write ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.png``.
+    prediction_suffix = "_overlay.png"
 
-        The label PNG holds 0 for background and k + 1 for category index k.
-        """
-        written = []
-        for prediction, image, name in zip(predictions, images, names):
-            stem = Path(name).stem
-            label = prediction["label_map"]
-            png = Image.fromarray(label)  # mode L; putpalette turns it into P
-            png.putpalette(PALETTE.ravel().tolist())
-            label_path = out_dir / f"{stem}_label.png"
-            overlay_path = out_dir / f"{stem}_overlay.png"
-            buffer = io.BytesIO()
-            png.save(buffer, format="PNG")
-            atomic_write_bytes(label_path, buffer.getvalue())
-            atomic_write_image(overlay_path, overlay(image, label))
-            written += [label_path, overlay_path]
-        return written
+    def draw_prediction(self, image: np.ndarray, prediction: dict[str, Any]) -> np.ndarray:
+        """The image with its label map overlaid."""
+        return overlay(image, prediction["label_map"])
+
+    def prediction_files(
+        self, image: np.ndarray, prediction: dict[str, Any], name: str, out_dir: Path
+    ) -> list[Path]:
+        """``<stem>_label.png``: a palette PNG of class indices, 0 for background and k + 1 for
+        category index k."""
+        png = Image.fromarray(prediction["label_map"])  # mode L; putpalette turns it into P
+        png.putpalette(PALETTE.ravel().tolist())
+        buffer = io.BytesIO()
+        png.save(buffer, format="PNG")
+        return [atomic_write_bytes(out_dir / f"{Path(name).stem}_label.png", buffer.getvalue())]

@@ -27,7 +27,7 @@ from vision_tasks.tasks.homography.heads import (
     true_matches,
     windowed_soft_argmax,
 )
-from vision_tasks.utils import atomic_write_bytes, atomic_write_json
+from vision_tasks.utils import atomic_write_json
 
 # ---- ORB + RANSAC baseline ----------------------------------------------------------------------
 
@@ -423,39 +423,36 @@ class HomographyTask(BaseTask):
             "corners": torch.from_numpy(corners),
         }
 
-    def write_predictions(
-        self,
-        predictions: list[dict[str, Any]],
-        images: list[np.ndarray],
-        names: list[str],
-        out_dir: Path,
+    prediction_suffix = ".homography.png"
+
+    def _placed(self, image: np.ndarray, prediction: dict[str, Any]) -> tuple[np.ndarray, dict]:
+        """The grey image the pair was cut from, and the prediction's corners placed in it."""
+        gray, (_, _, _, origin), size = self._predict_pair(image)
+        return gray, {
+            "image_size_used": list(size),
+            "patch_origin": origin.tolist(),
+            "corners_in_image": (np.array(prediction["corners"]) + origin).tolist(),
+            "true_corners_in_image": (np.array(prediction["true_corners"]) + origin).tolist(),
+        }
+
+    def prediction_files(
+        self, image: np.ndarray, prediction: dict[str, Any], name: str, out_dir: Path
     ) -> list[Path]:
-        """Per image: ``<stem>.homography.json`` (true vs predicted corners, in patch and image
-        pixels) and ``<stem>.homography.png`` (both quadrilaterals drawn on the grey image).
-        """
-        written = []
-        for prediction, image, name in zip(predictions, images, names):
-            gray, (_, _, _, origin), size = self._predict_pair(image)
-            record = {
-                **prediction,
-                "file": name,
-                "image_size_used": list(size),
-                "patch_origin": origin.tolist(),
-                "corners_in_image": (np.array(prediction["corners"]) + origin).tolist(),
-                "true_corners_in_image": (np.array(prediction["true_corners"]) + origin).tolist(),
-            }
-            stem = Path(name).stem
-            written.append(atomic_write_json(out_dir / f"{stem}.homography.json", record))
-            canvas = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-            square = ops.square_corners(self.hparams.patch_size).numpy() + origin
-            draw_quads(
-                canvas,
-                [
-                    (square, SQUARE_COLOUR),
-                    (record["true_corners_in_image"], TRUE_COLOUR),
-                    (record["corners_in_image"], PREDICTED_COLOUR),
-                ],
-            )
-            ok, png = cv2.imencode(".png", canvas[:, :, ::-1])
-            written.append(atomic_write_bytes(out_dir / f"{stem}.homography.png", png.tobytes()))
-        return written
+        """``<stem>.homography.json``: true vs predicted corners, in patch and image pixels."""
+        record = {**prediction, "file": name, **self._placed(image, prediction)[1]}
+        return [atomic_write_json(out_dir / f"{Path(name).stem}.homography.json", record)]
+
+    def draw_prediction(self, image: np.ndarray, prediction: dict[str, Any]) -> np.ndarray:
+        """The grey image with the patch square, the true and the predicted quadrilaterals."""
+        gray, placed = self._placed(image, prediction)
+        canvas = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+        square = ops.square_corners(self.hparams.patch_size).numpy()
+        draw_quads(
+            canvas,
+            [
+                (square + np.array(placed["patch_origin"]), SQUARE_COLOUR),
+                (placed["true_corners_in_image"], TRUE_COLOUR),
+                (placed["corners_in_image"], PREDICTED_COLOUR),
+            ],
+        )
+        return canvas

@@ -8,7 +8,6 @@ ground-truth boxes' embeddings. A mixin of :class:`~vision_tasks.tasks.multitask
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -18,13 +17,11 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
 from vision_tasks import ops
-from vision_tasks.data.transforms import multitask_transforms
 from vision_tasks.evaluation.coco_eval import results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
-from vision_tasks.tasks.base import letterbox_numbers
+from vision_tasks.tasks.base import letterbox_numbers, letterbox_sample
 from vision_tasks.tasks.keypoints import decode_heatmaps, instance_scores
 from vision_tasks.tasks.segment import class_map, label_map_results, overlay
-from vision_tasks.utils import atomic_write_image
 
 HEADLINE = {
     "detect": ("AP", "AP50"),
@@ -430,26 +427,4 @@ class MultiTaskOutputs:
     # ---- tools/predict.py -----------------------------------------------------------------------
     def predict_sample(self, image: np.ndarray) -> dict[str, Any]:
         """Letterbox and normalise one RGB image."""
-        square, scale, pad_x, pad_y = ops.letterbox_image(image, self.hparams.image_size)
-        return {
-            "image": multitask_transforms(False)(image=square)["image"],
-            "scale": scale,
-            "pad": (pad_x, pad_y),
-            "orig_size": image.shape[:2],
-        }
-
-    def write_predictions(
-        self,
-        predictions: list[dict[str, Any]],
-        images: list[np.ndarray],
-        names: list[str],
-        out_dir: Path,
-    ) -> list[Path]:
-        """One drawing per image, ``<stem>.jpg``: mask overlay, boxes with identities, skeletons."""
-        written = []
-        for prediction, image, name in zip(predictions, images, names):
-            path = Path(out_dir) / f"{Path(name).stem}.jpg"
-            drawn = self.draw_prediction(image, prediction)
-            atomic_write_image(path, drawn)
-            written.append(path)
-        return written
+        return letterbox_sample(image, self.hparams.image_size)

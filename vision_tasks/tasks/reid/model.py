@@ -254,7 +254,8 @@ class ReidTask(BaseTask):
     ) -> list[Path]:
         """Append the batch to ``embeddings.npy`` (N, D) and its file names to ``embeddings.json``.
 
-        ``tools/predict.py`` numbers images from 1 in file order: image 1 starts the files anew.
+        One array for the whole run rather than the base's file per image: there is nothing to
+        draw. ``tools/predict.py`` numbers images from 1 in file order: image 1 starts anew.
         """
         out_dir = Path(out_dir)
         array_path, names_path = out_dir / "embeddings.npy", out_dir / "embeddings.json"
