@@ -159,3 +159,27 @@ def test_letterbox_numbers_read_collated_tensors_and_plain_numbers_alike() -> No
     }
     expected = (0.32, 0, 16, (100, 200))
     assert letterbox_numbers(collated, 1) == letterbox_numbers(from_files, 1) == expected
+
+
+def test_task_and_data_classes_pass_base_arguments_by_keyword() -> None:
+    # A positional call binds by order: reordering BaseTask's or VisionDataModule's parameters
+    # would then silently hand lr to weight_decay (or one split's file to another).
+    import ast
+    from pathlib import Path
+
+    import vision_tasks.tasks
+
+    root = Path(vision_tasks.tasks.__file__).parent
+    positional = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "__init__"
+                and isinstance(node.func.value, ast.Call)
+                and getattr(node.func.value.func, "id", None) == "super"
+                and node.args
+            ):
+                positional.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert positional == []

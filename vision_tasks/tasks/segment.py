@@ -239,19 +239,19 @@ class SegmentData(VisionDataModule):
         soft_targets: bool = False,
     ) -> None:
         super().__init__(
-            train_json,
-            train_images,
-            val_json,
-            val_images,
-            test_json,
-            test_images,
-            image_size,
-            batch_size,
-            num_workers,
-            policy,
-            synthetic_seed,
-            synthetic_train,
-            synthetic_val,
+            train_json=train_json,
+            train_images=train_images,
+            val_json=val_json,
+            val_images=val_images,
+            test_json=test_json,
+            test_images=test_images,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            policy=policy,
+            synthetic_seed=synthetic_seed,
+            synthetic_train=synthetic_train,
+            synthetic_val=synthetic_val,
         )
         if not 0 < scale_min <= scale_max:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
@@ -446,16 +446,16 @@ class SegmentTask(BaseTask):
         min_lr_ratio: float = 0.05,
     ) -> None:
         super().__init__(
-            backbone,
-            backbone_weights,
-            3,
-            freeze_at,
-            lr,
-            backbone_lr_mult,
-            weight_decay,
-            warmup_epochs,
-            freeze_backbone_epochs,
-            min_lr_ratio,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            in_channels=3,
+            freeze_at=freeze_at,
+            lr=lr,
+            backbone_lr_mult=backbone_lr_mult,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            freeze_backbone_epochs=freeze_backbone_epochs,
+            min_lr_ratio=min_lr_ratio,
         )
         if not categories:
             raise ValueError("SegmentTask needs categories (linked from the data module)")

@@ -175,19 +175,19 @@ class HomographyData(VisionDataModule):
         refine_jitter: float = 8.0,
     ) -> None:
         super().__init__(
-            train_json,
-            train_images,
-            val_json,
-            val_images,
-            test_json,
-            test_images,
-            image_size,
-            batch_size,
-            num_workers,
-            policy,
-            synthetic_seed,
-            synthetic_train,
-            synthetic_val,
+            train_json=train_json,
+            train_images=train_images,
+            val_json=val_json,
+            val_images=val_images,
+            test_json=test_json,
+            test_images=test_images,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            policy=policy,
+            synthetic_seed=synthetic_seed,
+            synthetic_train=synthetic_train,
+            synthetic_val=synthetic_val,
         )
         self.patch_size = patch_size
         self.rho = rho

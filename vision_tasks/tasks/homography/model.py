@@ -178,16 +178,16 @@ class HomographyTask(BaseTask):
     ) -> None:
         siamese = architecture == "correlation"
         super().__init__(
-            backbone,
-            backbone_weights,
-            1 if siamese else 2,
-            freeze_at,
-            lr,
-            backbone_lr_mult,
-            weight_decay,
-            warmup_epochs,
-            freeze_backbone_epochs,
-            min_lr_ratio,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            in_channels=1 if siamese else 2,
+            freeze_at=freeze_at,
+            lr=lr,
+            backbone_lr_mult=backbone_lr_mult,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            freeze_backbone_epochs=freeze_backbone_epochs,
+            min_lr_ratio=min_lr_ratio,
         )
         self.categories = categories or []
         channels = self.backbone.out_channels[feature_level]

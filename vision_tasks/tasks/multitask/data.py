@@ -310,19 +310,19 @@ class MultiTaskData(VisionDataModule):
                 f"--data.train_images {len(folders)} folder(s): give one each"
             )
         super().__init__(
-            jsons[0] if jsons else None,
-            folders[0] if folders else None,
-            val_json,
-            val_images,
-            test_json,
-            test_images,
-            image_size,
-            batch_size,
-            num_workers,
-            policy,
-            synthetic_seed,
-            synthetic_train,
-            synthetic_val,
+            train_json=jsons[0] if jsons else None,
+            train_images=folders[0] if folders else None,
+            val_json=val_json,
+            val_images=val_images,
+            test_json=test_json,
+            test_images=test_images,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            policy=policy,
+            synthetic_seed=synthetic_seed,
+            synthetic_train=synthetic_train,
+            synthetic_val=synthetic_val,
         )
         for name, size in (("image_size", image_size), ("progressive_size", progressive_size)):
             if size % 32 or size < 0:

@@ -157,16 +157,16 @@ class ReidTask(BaseTask):
         min_lr_ratio: float = 0.05,
     ) -> None:
         super().__init__(
-            backbone,
-            backbone_weights,
-            3,
-            freeze_at,
-            lr,
-            backbone_lr_mult,
-            weight_decay,
-            warmup_epochs,
-            freeze_backbone_epochs,
-            min_lr_ratio,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            in_channels=3,
+            freeze_at=freeze_at,
+            lr=lr,
+            backbone_lr_mult=backbone_lr_mult,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            freeze_backbone_epochs=freeze_backbone_epochs,
+            min_lr_ratio=min_lr_ratio,
         )
         if last_stride != 2:  # BaseTask builds the usual stride-2 trunk
             self.backbone = Backbone(
