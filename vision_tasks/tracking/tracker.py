@@ -107,10 +107,7 @@ class Track:
     misses: int = 0  # frames since the last match
     confirmed: bool = False
     track_id: int = 0  # given at confirmation
-
-    def predicted_xyxy(self) -> np.ndarray:
-        """(4,) corners of the Kalman state."""
-        return kalman.xyah_to_xyxy(self.mean[None, :4])[0]
+    predicted_xyxy: np.ndarray | None = None  # (4,) corners of this frame's prediction
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -210,17 +207,14 @@ class Tracker:
         matches, free_tracks, free_high = assign(
             self._cost(established, high), self.match_threshold
         )
-        for r, c in matches:
-            self._match(established[r], high, c, appearance=True)
+        self._match(established, high, matches, appearance=True)
         # Stage two: only tracks matched last frame; a lost track's prediction has drifted.
         recent = [established[r] for r in free_tracks if established[r].misses == 1]
         low_matches, _, _ = assign(self._iou_cost(recent, low), self.low_match_threshold)
-        for r, c in low_matches:
-            self._match(recent[r], low, c, appearance=False)
+        self._match(recent, low, low_matches, appearance=False)
         high = high.subset(np.asarray(free_high, dtype=np.int64))
         matches, _, free_high = assign(self._cost(tentative, high), self.match_threshold)
-        for r, c in matches:
-            self._match(tentative[r], high, c, appearance=True)
+        self._match(tentative, high, matches, appearance=True)
         self._start_tracks(high.subset(np.asarray(free_high, dtype=np.int64)))
         self._prune()
         return [
@@ -238,14 +232,15 @@ class Tracker:
         lost = np.array([t.misses > 0 for t in self.tracks])
         mean[lost, 7] = 0.0  # a lost track keeps its size (ByteTrack): no height drift unseen
         mean, covariance = kalman.predict(mean, covariance)
-        for track, m, p in zip(self.tracks, mean, covariance):
-            track.mean, track.covariance = m, p
+        predicted = kalman.xyah_to_xyxy(mean[:, :4])
+        for track, m, p, box in zip(self.tracks, mean, covariance, predicted):
+            track.mean, track.covariance, track.predicted_xyxy = m, p, box
             track.misses += 1  # reset by a match below
 
     def _iou_cost(self, tracks: list[Track], detections: Detections) -> np.ndarray:
         if not tracks or not len(detections):
             return np.zeros((len(tracks), len(detections)))
-        predicted = np.stack([t.predicted_xyxy() for t in tracks])
+        predicted = np.stack([t.predicted_xyxy for t in tracks])
         return 1.0 - box_iou(predicted, detections.boxes_xyxy)
 
     def _cost(self, tracks: list[Track], detections: Detections) -> np.ndarray:
@@ -264,26 +259,44 @@ class Tracker:
         # Appearance re-ranks admissible pairs only (see the module docstring).
         return np.where(cost <= self.match_threshold, fused, INFEASIBLE)
 
-    def _match(self, track: Track, detections: Detections, i: int, appearance: bool) -> None:
-        box = detections.boxes_xyxy[i]
+    def _match(
+        self,
+        tracks: list[Track],
+        detections: Detections,
+        pairs: list[tuple[int, int]],
+        appearance: bool,
+    ) -> None:
+        """Correct the matched tracks with their detections, all in one batched Kalman update."""
+        if not pairs:
+            return
+        matched = [tracks[r] for r, _ in pairs]
+        rows = np.array([c for _, c in pairs])
+        boxes = detections.boxes_xyxy[rows]
         mean, covariance = kalman.update(
-            track.mean[None], track.covariance[None], kalman.xyxy_to_xyah(box[None])
+            np.stack([t.mean for t in matched]),
+            np.stack([t.covariance for t in matched]),
+            kalman.xyxy_to_xyah(boxes),
         )
-        track.mean, track.covariance = mean[0], covariance[0]
-        track.box_xyxy, track.score = box.copy(), float(detections.scores[i])
-        track.category = int(detections.classes[i])
-        track.hits += 1
-        track.misses = 0
+        looks = None
         if appearance and detections.embeddings is not None:
-            new = detections.embeddings[i].astype(np.float64)
-            if track.embedding is None:
-                track.embedding = new
-            else:
-                m = self.embedding_momentum
-                blended = m * track.embedding + (1 - m) * new
-                track.embedding = blended / max(np.linalg.norm(blended), 1e-12)
-        if not track.confirmed and track.hits >= self.min_hits:
-            self._confirm(track)
+            looks = detections.embeddings[rows].astype(np.float64)
+        for k, track in enumerate(matched):
+            track.mean, track.covariance = mean[k], covariance[k]
+            track.box_xyxy, track.score = boxes[k], float(detections.scores[rows[k]])
+            track.category = int(detections.classes[rows[k]])
+            track.hits += 1
+            track.misses = 0
+            if looks is not None:
+                track.embedding = self._blend(track.embedding, looks[k])
+            if not track.confirmed and track.hits >= self.min_hits:
+                self._confirm(track)
+
+    def _blend(self, embedding: np.ndarray | None, new: np.ndarray) -> np.ndarray:
+        """The exponential moving average of a track's embeddings, kept unit-norm."""
+        if embedding is None:
+            return new
+        blended = self.embedding_momentum * embedding + (1 - self.embedding_momentum) * new
+        return blended / max(float(np.sqrt(blended @ blended)), 1e-12)
 
     def _confirm(self, track: Track) -> None:
         track.confirmed, track.track_id = True, self.next_id
