@@ -220,3 +220,22 @@ def test_few_steps_on_one_batch_halve_the_loss(tiny_coco) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("stride, act", [(1, torch.nn.SiLU), (2, None)])
+def test_conv_bn_act_is_the_hand_written_block_with_its_checkpoint_keys(stride, act) -> None:
+    from vision_tasks.layers import ConvBNAct
+
+    torch.manual_seed(0)
+    # The block as it was written before torchvision's Conv2dNormActivation replaced it.
+    old = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 6, 3, stride, 1, bias=False),
+        torch.nn.BatchNorm2d(6),
+        act(inplace=True) if act is not None else torch.nn.Identity(),
+    )
+    old.train()(torch.randn(2, 4, 9, 9))  # running statistics away from their defaults
+    new = ConvBNAct(4, 6, stride=stride, act=act)
+    assert list(new.state_dict()) == list(old.state_dict())
+    new.load_state_dict(old.state_dict())  # strict: an old checkpoint loads as it is
+    x = torch.randn(2, 4, 9, 9)
+    torch.testing.assert_close(new.eval()(x), old.eval()(x))

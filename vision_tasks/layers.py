@@ -9,10 +9,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation
 
 
-class ConvBNAct(nn.Sequential):
-    """Conv2d (no bias) -> BatchNorm2d -> activation (SiLU by default)."""
+class ConvBNAct(Conv2dNormActivation):
+    """torchvision's Conv2d (no bias) -> BatchNorm2d -> activation, with SiLU as the default
+    activation (YOLO's) instead of ReLU; ``act=None`` leaves the activation out.
+
+    A subclass only for that default: the children are still ``0`` (conv), ``1`` (norm) and
+    ``2`` (activation), so checkpoints of the earlier hand-written block load unchanged.
+    """
 
     def __init__(
         self,
@@ -24,21 +30,13 @@ class ConvBNAct(nn.Sequential):
         act: type[nn.Module] | None = nn.SiLU,
     ) -> None:
         super().__init__(
-            nn.Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride,
-                kernel_size // 2,
-                groups=groups,
-                bias=False,
-            ),
-            nn.BatchNorm2d(out_channels),
-            act(inplace=True) if act is not None else nn.Identity(),
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            groups=groups,
+            activation_layer=act,
         )
-
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - nn.Sequential's forward
-        return super().forward(x)
 
 
 class PANNeck(nn.Module):

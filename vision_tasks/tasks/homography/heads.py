@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation
 
 from vision_tasks import ops
-from vision_tasks.layers import ConvBNAct
 
 # ---- regression (HomographyNet) -----------------------------------------------------------------
 
@@ -30,7 +30,7 @@ class HomographyHead(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.reduce = ConvBNAct(in_channels, reduce_channels, kernel_size=1, act=nn.ReLU)
+        self.reduce = Conv2dNormActivation(in_channels, reduce_channels, kernel_size=1)
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
         self.mlp = nn.Sequential(
             nn.Flatten(),
