@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from vision_tasks import ops
 from vision_tasks.backbone import Backbone
 from vision_tasks.data.transforms import normalize_only
-from vision_tasks.evaluation.report import Report, write_report
+from vision_tasks.evaluation.report import Figure, Report, write_report
 from vision_tasks.utils import (
     atomic_write_image,
     capture_rng_state,
@@ -64,6 +64,19 @@ def letterbox_sample(image: np.ndarray, size: int) -> dict[str, Any]:
         "pad": (pad_x, pad_y),
         "orig_size": image.shape[:2],
     }
+
+
+def samples_figure(
+    samples: list[tuple[Any, str, bool | None]],
+    title: str,
+    name: str = "predictions",
+    columns: int = 4,
+) -> Figure:
+    """The report's grid of the test samples :meth:`BaseTask.draw_samples` drew (image,
+    caption, ok: a green or red frame, or none)."""
+    images, captions, ok = (list(part) for part in zip(*samples)) if samples else ([], [], [])
+    data = {"images": images, "captions": captions, "ok": ok, "columns": columns}
+    return Figure(name, "image_grid", title, data)
 
 
 class BaseTask(L.LightningModule):

@@ -24,7 +24,7 @@ from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import classify_transforms
 from vision_tasks.evaluation.report import Figure, Report
-from vision_tasks.tasks.base import BaseTask
+from vision_tasks.tasks.base import BaseTask, samples_figure
 
 # ---- dataset view -----------------------------------------------------------------------------
 
@@ -294,16 +294,7 @@ class ClassifyTask(BaseTask):
                 "Confusion matrix",
                 {"matrix": confusion, "names": self.class_names},
             ),
-            Figure(
-                "predictions",
-                "image_grid",
-                "Predictions (true class in brackets)",
-                {
-                    "images": [s[0] for s in samples],
-                    "captions": [s[1] for s in samples],
-                    "ok": [s[2] for s in samples],
-                },
-            ),
+            samples_figure(samples, "Predictions (true class in brackets)"),
         ]
         metrics = {**headline, "samples": int(confusion.sum())}
         return Report("classify", headline, metrics, {"per_class": table}, figures)

@@ -28,7 +28,12 @@ from vision_tasks.data.transforms import detect_transforms
 from vision_tasks.evaluation.coco_eval import CocoBoxMetric, results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct, PANNeck
-from vision_tasks.tasks.base import BaseTask, letterbox_numbers, letterbox_sample
+from vision_tasks.tasks.base import (
+    BaseTask,
+    letterbox_numbers,
+    letterbox_sample,
+    samples_figure,
+)
 
 LEVELS = ("c3", "c4", "c5")
 
@@ -542,12 +547,7 @@ class DetectTask(BaseTask):
                 "Precision-recall at IoU 0.5 (area all, 100 dets)",
                 {"series": result.pr_curves, "xlabel": "recall", "ylabel": "precision"},
             ),
-            Figure(
-                "predictions",
-                "image_grid",
-                "Detections (red) and ground truth (green)",
-                {"images": [s[0] for s in samples], "captions": [s[1] for s in samples]},
-            ),
+            samples_figure(samples, "Detections (red) and ground truth (green)"),
         ]
         metrics = {**result.stats, "images": values["images"], "detections": values["detections"]}
         return Report(

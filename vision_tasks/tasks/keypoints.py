@@ -32,7 +32,7 @@ from vision_tasks.evaluation.coco_eval import COCO_PERSON_SIGMAS, KEYPOINT_STATS
 from vision_tasks.evaluation.metrics import PCK_CURVE_THRESHOLDS, KeypointMetric
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import HeatmapHead
-from vision_tasks.tasks.base import BaseTask
+from vision_tasks.tasks.base import BaseTask, samples_figure
 
 HEATMAP_STRIDE = 4
 CROP_ASPECT = 0.75  # width / height, as COCO top-down models (192 x 256)
@@ -696,15 +696,9 @@ class KeypointTask(BaseTask):
                     "ylabel": "PCK",
                 },
             ),
-            Figure(
-                "predictions",
-                "image_grid",
+            samples_figure(
+                samples,
                 f"Predictions (red), labels (green); caption: keypoints within PCK@{threshold}",
-                {
-                    "images": [s[0] for s in samples],
-                    "captions": [s[1] for s in samples],
-                    "ok": [s[2] for s in samples],
-                },
             ),
         ]
         metrics = {**stats, f"PCK@{threshold}": pck, "instances": int(values["instances"])}

@@ -36,7 +36,7 @@ from vision_tasks.data.transforms import segment_transforms
 from vision_tasks.evaluation.metrics import SegmentationMetric
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct, UNetDecoder
-from vision_tasks.tasks.base import BaseTask
+from vision_tasks.tasks.base import BaseTask, samples_figure
 from vision_tasks.utils import atomic_write_bytes
 
 IGNORE_INDEX = 255
@@ -593,17 +593,7 @@ class SegmentTask(BaseTask):
                 "Pixel confusion matrix",
                 {"matrix": values["confusion"].cpu().numpy(), "names": self.class_names},
             ),
-            Figure(
-                "predictions",
-                "image_grid",
-                "Image | truth | prediction",
-                {
-                    "images": [s[0] for s in samples],
-                    "captions": [s[1] for s in samples],
-                    "ok": [s[2] for s in samples],
-                    "columns": 2,
-                },
-            ),
+            samples_figure(samples, "Image | truth | prediction", columns=2),
         ]
         metrics = {**headline, "pixels": int(sum(pixels))}
         meta = {

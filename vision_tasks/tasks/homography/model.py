@@ -17,7 +17,7 @@ from vision_tasks import ops
 from vision_tasks.data.transforms import homography_transforms
 from vision_tasks.evaluation.metrics import CornerError
 from vision_tasks.evaluation.report import Figure, Report
-from vision_tasks.tasks.base import BaseTask
+from vision_tasks.tasks.base import BaseTask, samples_figure
 from vision_tasks.tasks.homography.data import random_pair, to_gray
 from vision_tasks.tasks.homography.heads import (
     CorrelationHead,
@@ -383,15 +383,11 @@ class HomographyTask(BaseTask):
                 "Mean corner error per pair",
                 {"values": errors, "xlabel": "mean corner error (px)", "bins": 40},
             ),
-            Figure(
-                "examples",
-                "image_grid",
+            samples_figure(
+                samples,
                 "Examples: square (blue), true (green), predicted (red) corners",
-                {
-                    "images": [s[0] for s in samples],
-                    "captions": [s[1] for s in samples],
-                    "columns": 2,
-                },
+                name="examples",
+                columns=2,
             ),
         ]
         meta = {

@@ -19,7 +19,7 @@ from torchvision.utils import draw_bounding_boxes, draw_keypoints
 from vision_tasks import ops
 from vision_tasks.evaluation.coco_eval import results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
-from vision_tasks.tasks.base import letterbox_numbers, letterbox_sample
+from vision_tasks.tasks.base import letterbox_numbers, letterbox_sample, samples_figure
 from vision_tasks.tasks.keypoints import decode_heatmaps, instance_scores
 from vision_tasks.tasks.segment import class_map, label_map_results, overlay
 
@@ -102,13 +102,9 @@ class MultiTaskOutputs:
             predicted["heatmaps"].detach().float(), self.hparams.heatmap_sigma
         )
         network = ops.from_region_pixels(points, predicted["regions"].float(), self.crop_size)
-        index = predicted["image_index"].cpu()
-        scale = torch.tensor(
-            [letterbox_numbers(batch, int(i))[0] for i in index], dtype=torch.float64
-        )
-        pad = torch.tensor(
-            [letterbox_numbers(batch, int(i))[1:3] for i in index], dtype=torch.float64
-        )
+        numbers = [letterbox_numbers(batch, int(i)) for i in predicted["image_index"].cpu()]
+        scale = torch.tensor([n[0] for n in numbers], dtype=torch.float64)
+        pad = torch.tensor([n[1:3] for n in numbers], dtype=torch.float64)
         original = (network.double().cpu() - pad[:, None]) / scale[:, None, None]
         return torch.cat([original, scores.double().cpu()[..., None]], dim=-1)
 
@@ -404,18 +400,7 @@ class MultiTaskOutputs:
                 )
             )
         if samples:
-            figures.append(
-                Figure(
-                    "predictions",
-                    "image_grid",
-                    "Joint predictions",
-                    {
-                        "images": [s[0] for s in samples],
-                        "captions": [s[1] for s in samples],
-                        "columns": 2,
-                    },
-                )
-            )
+            figures.append(samples_figure(samples, "Joint predictions", columns=2))
         meta = {
             "heads": ", ".join(self.heads),
             "loss_weighting": self.hparams.loss_weighting,
