@@ -9,6 +9,7 @@ from vision_tasks.tasks.base import BaseTask
 from vision_tasks.tasks.classify import ClassifyData, ClassifyTask
 from vision_tasks.tasks.detect import DetectData, DetectTask
 from vision_tasks.tasks.homography import HomographyData, HomographyTask
+from vision_tasks.tasks.instance import InstanceData, InstanceTask
 from vision_tasks.tasks.keypoints import KeypointData, KeypointTask
 from vision_tasks.tasks.multitask import MultiTaskData, MultiTaskTask
 from vision_tasks.tasks.reid import ReidData, ReidTask
@@ -26,6 +27,7 @@ TASKS: dict[str, TaskSpec] = {
     "classify": TaskSpec(ClassifyTask, ClassifyData),
     "detect": TaskSpec(DetectTask, DetectData),
     "homography": TaskSpec(HomographyTask, HomographyData),
+    "instance": TaskSpec(InstanceTask, InstanceData),
     "keypoints": TaskSpec(KeypointTask, KeypointData),
     "multitask": TaskSpec(MultiTaskTask, MultiTaskData),
     "reid": TaskSpec(ReidTask, ReidData),
