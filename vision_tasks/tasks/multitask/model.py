@@ -1,4 +1,4 @@
-"""Joint model: one backbone + neck forward feeding every configured head; masked, weighted losses.
+"""Joint model: one backbone + neck forward feeding every configured head (losses: losses.py).
 
 Backbone (c2..c5) -> PAN neck over c3..c5. Dense heads read the shared maps: detection
 (``detect.DetectHead`` on the pyramid), segmentation (``segment.SegmentHead`` on the backbone
@@ -24,7 +24,6 @@ weighting: fixed weights, or learned homoscedastic uncertainty (Kendall et al. 2
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -38,97 +37,20 @@ from vision_tasks.evaluation.coco_eval import CocoBoxMetric
 from vision_tasks.evaluation.metrics import KeypointMetric, ReidMetric, SegmentationMetric
 from vision_tasks.layers import ConvBNAct, HeatmapHead, PANNeck
 from vision_tasks.tasks.base import BaseTask
-from vision_tasks.tasks.classify import ClassifyHead, classification_loss, classification_metrics
-from vision_tasks.tasks.detect import (
-    LEVELS,
-    DetectHead,
-    detection_loss,
-    grid_points,
-    pad_targets,
-    postprocess,
-)
-from vision_tasks.tasks.keypoints import (
-    crop_size,
-    encode_heatmaps,
-    heatmap_loss,
-    keypoint_sigmas,
-)
-from vision_tasks.tasks.multitask.outputs import MultiTaskOutputs
-from vision_tasks.tasks.reid import ReidHead, batch_hard_triplet_loss, identity_loss
-from vision_tasks.tasks.segment import IGNORE_INDEX, SegmentHead, segmentation_loss
+from vision_tasks.tasks.classify import ClassifyHead, classification_metrics
+from vision_tasks.tasks.detect import LEVELS, DetectHead, grid_points, postprocess
+from vision_tasks.tasks.keypoints import crop_size, keypoint_sigmas
+from vision_tasks.tasks.multitask.losses import MultiTaskLosses
+from vision_tasks.tasks.multitask.outputs import SCORED_METRIC, HeadMetrics, MultiTaskOutputs
+from vision_tasks.tasks.reid import ReidHead
+from vision_tasks.tasks.segment import IGNORE_INDEX, SegmentHead
 
 HEADS = ("classify", "detect", "segment", "keypoints", "reid")
 KEYPOINT_LEVELS = ("c2", "c3", "c4", "c5")
 PYRAMID = ("p3", "p4", "p5")
 
 
-# The number each head is judged by. Their mean picks the best checkpoint, so that "best" means
-# best over the heads (as Ultralytics' pose models pick theirs on box + pose fitness), not the
-# epoch where one head peaked while another fell.
-SCORED_METRIC = {
-    "detect": "detect/AP",
-    "segment": "segment/miou",
-    "keypoints": "keypoints_gt/AP",
-    "reid": "reid/mAP",
-    "classify": "classify/top1",
-}
-
-
-class HeadMetrics(nn.Module):
-    """Several heads' metrics as one: ``compute()`` -> ``{"<head>/<name>": value}``, plus
-    ``heads_mean``: the mean of the ``scored`` values that exist (COCO's -1 for "no ground
-    truth" and NaN are left out)."""
-
-    def __init__(self, metrics: dict[str, nn.Module], scored: tuple[str, ...] = ()) -> None:
-        super().__init__()
-        self.heads = nn.ModuleDict(metrics)
-        self.scored = list(scored)
-
-    def __getitem__(self, name: str) -> nn.Module:
-        return self.heads[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.heads
-
-    def compute(self) -> dict[str, Any]:
-        """Every head's values, prefixed with the head's name."""
-        values = {
-            f"{head}/{key}": value
-            for head, metric in self.heads.items()
-            for key, value in metric.compute().items()
-        }
-        scores = [float(values[name]) for name in self.scored if name in values]
-        scores = [v for v in scores if math.isfinite(v) and v >= 0]
-        values["heads_mean"] = sum(scores) / len(scores) if scores else float("nan")
-        return values
-
-    def reset(self) -> None:
-        """Reset every head's metric."""
-        for metric in self.heads.values():
-            metric.reset()
-
-
-def weighted_total(
-    losses: dict[str, Tensor], weights: dict[str, float], log_vars: nn.ParameterDict | None
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Sum of the heads' losses: fixed ``weights``, or ``exp(-s) L + s`` with learned ``log_vars``.
-
-    Returns the total and, per head, the weight it got (for logging).
-    """
-    total, used = None, {}
-    for head, loss in losses.items():
-        if log_vars is None:
-            weight = loss.new_tensor(weights[head])
-            term = weight * loss
-        else:
-            weight = torch.exp(-log_vars[head])
-            term = weight * loss + log_vars[head]
-        total = term if total is None else total + term
-        used[head] = weight.detach()
-    return total, used
-
-
-class MultiTaskTask(MultiTaskOutputs, BaseTask):
+class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
     """Shared backbone + neck; any subset of classify / detect / segment / keypoints / reid heads.
 
     ``best-*.ckpt`` is the epoch with the highest ``val/heads_mean``: the mean of the attached
@@ -552,73 +474,3 @@ class MultiTaskTask(MultiTaskOutputs, BaseTask):
                 [i[r] for i, r in zip(batch["identity_label"], rows)]
             )
         return truth
-
-    # ---- losses -------------------------------------------------------------------------------
-    def head_losses(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Each head's loss over the samples / instances labelled for it; absent when none is."""
-        hp, losses = self.hparams, {}
-        if "detect" in self.heads:
-            rows = batch["class_mask"].any(dim=1)
-            if rows.any():
-                pick = rows.nonzero().squeeze(1).tolist()
-                targets = pad_targets(
-                    [batch["boxes_xyxy"][i] for i in pick],
-                    [batch["label"][i] for i in pick],
-                    [batch["crowd"][i] for i in pick],
-                )
-                losses["detect"] = detection_loss(
-                    outputs["cls_logits"][rows],
-                    outputs["box_regression"][rows],
-                    outputs["points"],
-                    outputs["strides"],
-                    targets,
-                    class_mask=batch["class_mask"][rows],
-                )["loss"]
-        if "segment" in self.heads and batch["has_mask"].any():
-            rows = batch["has_mask"]
-            losses["segment"] = segmentation_loss(
-                outputs["segment"][rows], batch["mask"][rows], None, hp.dice_weight
-            )["loss"]
-        if "classify" in self.heads and (batch["image_label"] >= 0).any():
-            rows = batch["image_label"] >= 0
-            losses["classify"] = classification_loss(
-                outputs["classify"][rows], batch["image_label"][rows], hp.label_smoothing
-            )
-        if outputs.get("keypoints") is not None:
-            losses["keypoints"] = self.keypoint_loss(outputs["keypoints"], outputs["truth"])
-        if outputs.get("reid") is not None:
-            losses["reid"] = self.reid_loss(outputs["reid"], outputs["truth"])
-        return losses
-
-    def keypoint_loss(self, predicted: dict[str, Tensor], truth: dict[str, Any]) -> Tensor:
-        """Single-task heatmap MSE, targets drawn in each box's crop pixels."""
-        keypoints = torch.cat(truth["keypoints"])
-        crop = ops.to_region_pixels(keypoints[..., :2], predicted["regions"], self.crop_size)
-        heatmaps = predicted["heatmaps"]
-        targets, weights = encode_heatmaps(
-            torch.cat([crop, keypoints[..., 2:]], dim=-1),
-            heatmaps.shape[-2:],
-            self.hparams.heatmap_sigma,
-        )
-        return heatmap_loss(heatmaps, targets, weights)
-
-    def reid_loss(self, predicted: dict[str, Any], truth: dict[str, Any]) -> Tensor:
-        """Single-task batch-hard triplet + identity cross-entropy."""
-        hp = self.hparams
-        loss = batch_hard_triplet_loss(predicted["features"], truth["identity"], hp.triplet_margin)
-        if predicted["logits"] is not None:
-            loss = loss + hp.id_loss_weight * identity_loss(
-                predicted["logits"], truth["identity_label"], hp.label_smoothing
-            )
-        return loss
-
-    def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Weighted sum of the present heads' losses (``loss``), each loss and its weight."""
-        losses = self.head_losses(outputs, batch)
-        if not losses:  # no label of any configured kind in this batch: nothing to learn
-            zero = outputs["features"]["c5"].sum() * 0.0
-            return {"loss": zero}
-        total, weights = weighted_total(losses, self.loss_weights, self.log_vars)
-        logged = {f"loss_{h}": v.detach() for h, v in losses.items()}
-        logged |= {f"weight_{h}": w for h, w in weights.items()}
-        return {"loss": total, **logged}

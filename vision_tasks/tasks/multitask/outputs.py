@@ -8,12 +8,13 @@ ground-truth boxes' embeddings. A mixin of :class:`~vision_tasks.tasks.multitask
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
 from vision_tasks import ops
@@ -31,6 +32,52 @@ HEADLINE = {
     "reid": ("rank1", "mAP"),
     "classify": ("top1",),
 }
+
+
+# The number each head is judged by. Their mean picks the best checkpoint, so that "best" means
+# best over the heads (as Ultralytics' pose models pick theirs on box + pose fitness), not the
+# epoch where one head peaked while another fell.
+SCORED_METRIC = {
+    "detect": "detect/AP",
+    "segment": "segment/miou",
+    "keypoints": "keypoints_gt/AP",
+    "reid": "reid/mAP",
+    "classify": "classify/top1",
+}
+
+
+class HeadMetrics(nn.Module):
+    """Several heads' metrics as one: ``compute()`` -> ``{"<head>/<name>": value}``, plus
+    ``heads_mean``: the mean of the ``scored`` values that exist (COCO's -1 for "no ground
+    truth" and NaN are left out)."""
+
+    def __init__(self, metrics: dict[str, nn.Module], scored: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict(metrics)
+        self.scored = list(scored)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.heads[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.heads
+
+    def compute(self) -> dict[str, Any]:
+        """Every head's values, prefixed with the head's name."""
+        values = {
+            f"{head}/{key}": value
+            for head, metric in self.heads.items()
+            for key, value in metric.compute().items()
+        }
+        scores = [float(values[name]) for name in self.scored if name in values]
+        scores = [v for v in scores if math.isfinite(v) and v >= 0]
+        values["heads_mean"] = sum(scores) / len(scores) if scores else float("nan")
+        return values
+
+    def reset(self) -> None:
+        """Reset every head's metric."""
+        for metric in self.heads.values():
+            metric.reset()
 
 
 class MultiTaskOutputs:
