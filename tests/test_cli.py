@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
-from vision_tasks.cli import evaluate_main, load_task_checkpoint, train_main
+from vision_tasks import cli
+from vision_tasks.checkpoint import load_task_checkpoint
+from vision_tasks.cli import evaluate_main, train_main
 from vision_tasks.tasks import TASKS
 
 
@@ -184,3 +190,225 @@ def test_evaluate_refuses_a_test_split_with_other_categories(
                 str(tiny_coco.val_images),
             ]
         )
+
+
+# ---- the command line itself: defaults, run folders, output, entry points --------------------
+
+
+def _help_default(help_text: str, option: str) -> str:
+    """The ``default:`` value that ``--help`` prints for ``option`` (its text may wrap)."""
+    block = re.search(rf"\n  {re.escape(option)} [A-Z_]+\s(.*?)(?=\n  -)", help_text, re.S)
+    assert block, f"{option} not in the help text"
+    return re.search(r"default:\s+([^)\s]+)\)", block.group(1)).group(1)
+
+
+def test_help_shows_the_task_config_values_and_creates_no_run_folder(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    config = yaml.safe_load((cli.CONFIG_DIR / "detect.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--task", "detect", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert float(_help_default(text, "--model.lr")) == config["model"]["lr"]  # 0.003, not 0.001
+    assert int(_help_default(text, "--data.image_size")) == config["data"]["image_size"]
+    assert int(_help_default(text, "--trainer.max_epochs")) == config["trainer"]["max_epochs"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_print_config_layers_task_config_then_config_file_then_command_line(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    shared = yaml.safe_load((cli.CONFIG_DIR / "trainer.yaml").read_text())["trainer"]
+    task = yaml.safe_load((cli.CONFIG_DIR / "detect.yaml").read_text())
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("model:\n  lr: 0.02\ndata:\n  batch_size: 3\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--task", "detect", "--config", str(extra), "--data.batch_size", "5", "--print_config"]
+    with pytest.raises(SystemExit):
+        train_main(argv)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["precision"] == shared["precision"]  # trainer.yaml
+    assert printed["trainer"]["max_epochs"] == task["trainer"]["max_epochs"]  # detect.yaml
+    assert printed["data"]["image_size"] == task["data"]["image_size"]  # detect.yaml
+    assert printed["model"]["lr"] == 0.02  # --config over detect.yaml
+    assert printed["data"]["batch_size"] == 5  # the command line over --config
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model.not_a_parameter", "1"], "not_a_parameter"),
+        (["--optimizer", "Adam"], "--optimizer is not supported: every task trains with AdamW"),
+        (["--lr_scheduler.class_path=StepLR"], "--lr_scheduler is not supported"),
+        (["--data.train_json", "missing.json", "--data.train_images", "."], "missing.json"),
+    ],
+)
+def test_a_bad_command_line_fails_in_one_line_and_leaves_no_run_folder(
+    argv, message, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--task", "classify", *argv])
+    assert message in f"{exit_.value.code} {capsys.readouterr().err}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_failing_after_its_loggers_started_removes_its_folder(
+    tiny_coco, tmp_path, monkeypatch
+) -> None:
+    no_samples = json.loads(tiny_coco.train_json.read_text())
+    no_samples["annotations"] = []  # classify has nothing to crop: setup refuses the split
+    (tmp_path / "empty.json").write_text(json.dumps(no_samples))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--task", "classify", "--data.train_json", "empty.json"]
+    argv += ["--data.train_images", str(tiny_coco.train_images), "--data.num_workers", "0"]
+    argv += ["--data.val_json", str(tiny_coco.val_json), "--data.val_images"]
+    with pytest.raises(SystemExit, match="the train split has no samples"):
+        train_main([*argv, str(tiny_coco.val_images)])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_folder_is_removed_only_while_it_holds_nothing_but_startup_files(
+    tmp_path, monkeypatch
+) -> None:
+    from jsonargparse import Namespace
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+    def started(task: str) -> tuple[cli.RunFolder, Path]:
+        run = cli.RunFolder(task, None)
+        logger = Namespace(class_path="x", init_args=Namespace(save_dir=run.root, version=None))
+        run.claim([logger, Namespace(class_path="y", init_args=Namespace(save_dir="elsewhere"))])
+        assert logger.init_args.version == run.version  # the logger writes where it was claimed
+        folder = tmp_path / "runs" / task / run.version
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "events.out.tfevents.1.host").write_bytes(b"x")
+        (folder / "hparams.yaml").write_text("{}")
+        return run, folder
+
+    run, folder = started("detect")
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    run.discard_if_unused()
+    assert folder.is_dir()  # it saved a checkpoint: a run that started, kept
+
+    run, folder = started("segment")
+    run.discard_if_unused()
+    assert not folder.parent.exists()  # runs/segment was this run's own
+    assert (tmp_path / "runs" / "detect").is_dir()
+
+    resumed = cli.RunFolder("detect", folder.name)
+    resumed.claim([Namespace(class_path="x", init_args=Namespace(save_dir="runs/detect"))])
+    assert resumed.claimed == [] and resumed.version == folder.name
+
+
+def test_epoch_line_shows_loss_headline_and_time_of_that_epoch_only() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from vision_tasks.console import EpochSummary
+
+    trainer = SimpleNamespace(
+        callback_metrics={
+            "train/loss_epoch": torch.tensor(1.23456),
+            "train/loss_step": torch.tensor(9.0),
+            "val/loss": torch.tensor(0.9),
+            "val/AP": torch.tensor(0.45678),
+            "val/AP50": torch.tensor(0.7),
+        },
+        max_epochs=10,
+        current_epoch=2,
+        sanity_checking=False,
+    )
+    model = SimpleNamespace(monitor="val/AP")
+    summary = EpochSummary()
+    summary.on_train_epoch_start(trainer, model)
+    line = summary.line(trainer, model)
+    assert re.fullmatch(r"epoch 3/10  loss 1\.2346  \d+\.\ds", line)  # no validation yet
+    summary.on_validation_end(trainer, model)
+    line = summary.line(trainer, model)
+    assert re.fullmatch(
+        r"epoch 3/10  loss 1\.2346  val/loss 0\.9000  val/AP 0\.4568  \d+\.\ds", line
+    )
+    trainer.max_epochs = -1  # a time budget only: no total to show
+    assert summary.line(trainer, model).startswith("epoch 3  loss")
+
+
+def test_fit_output_is_quiet_and_the_bar_shows_loss_and_headline_only(
+    data_args, tmp_path, monkeypatch, capfd, caplog, recwarn
+) -> None:
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from vision_tasks.console import HeadlineProgressBar
+
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
+    argv = ["--task", "classify", *data_args, "--data.batch_size", "4"]
+    run = train_main([*argv, "--trainer.fast_dev_run", "true"])
+    output = capfd.readouterr()
+    shown = output.out + output.err + "\n".join(caplog.messages)
+    shown += "\n".join(str(w.message) for w in recwarn)
+    for noise in ("args parameter is intended", "💡", "litlogger", "GPU available", "Seed set"):
+        assert noise not in shown
+    assert "Running in `fast_dev_run` mode" in shown  # Lightning's other lines still show
+    # tqdm.write clears the bar ("\r   \r") and prints the epoch's line above it
+    epoch_line = r"(?:^|\r)epoch 1/1  loss \d+\.\d{4}  val/loss \S+  val/top1 \S+  \S+s$"
+    assert re.search(epoch_line, output.out, re.M)
+    # fast_dev_run logs nothing, so claims no run folder. (Lightning 2.6's ModelCheckpoint still
+    # writes runs/classify/checkpoints/last.ckpt as training ends, fast_dev_run or not.)
+    assert [p for p in tmp_path.glob("runs/classify/*") if p.name != "checkpoints"] == []
+
+    trainer, model = run.trainer, run.model
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, HeadlineProgressBar)
+    assert len(TQDMProgressBar.get_metrics(bar, trainer, model)) > 2  # what it filters
+    assert bar.get_metrics(trainer, model) == pytest.approx(
+        {
+            "loss": float(trainer.progress_bar_metrics["train/loss_step"]),
+            "val/top1": float(trainer.callback_metrics["val/top1"]),
+        }
+    )
+
+
+def test_vision_tasks_command_dispatches_to_each_tool(capsys) -> None:
+    from importlib.metadata import entry_points
+
+    from vision_tasks.__main__ import COMMANDS, main
+
+    expected = {"train", "evaluate", "predict", "export", "convert", "track"}
+    assert set(COMMANDS) == expected
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    listed = re.findall(r"^  (\S+) ", capsys.readouterr().out, re.M)
+    assert exit_.value.code == 0 and set(listed) == expected
+    with pytest.raises(SystemExit, match="unknown command 'fit'; choose one of train, evaluate"):
+        main(["fit"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--task", "detect", "--help"])
+    text = capsys.readouterr().out
+    assert exit_.value.code == 0 and text.startswith("usage: vision-tasks train --task detect")
+    assert float(_help_default(text, "--model.lr")) == 0.003  # configs/detect.yaml, via train
+    for name in ("evaluate", "convert"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert capsys.readouterr().out.startswith(f"usage: vision-tasks {name} ")
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("vision-tasks") == "vision_tasks.__main__:main"
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "vision_tasks", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "train     train, validate or test" in done.stdout

@@ -1,10 +1,12 @@
-"""Command-line entry points: ``train`` (LightningCLI) and ``evaluate`` (from a checkpoint).
+"""Command-line entry points: ``train`` (LightningCLI), ``evaluate`` and ``predict``.
 
-``train``: ``--task NAME`` picks the model and data classes from ``TASKS``; the config files
-``configs/trainer.yaml`` and ``configs/NAME.yaml`` are applied first, so every value can be
-overridden on the command line (``--model.lr 0.01``, ``--data.train_json my.json``) or by a
-further ``--config``. A fit ends with a test on the test split (the validation split unless
-``--data.test_json`` is given) that writes the report.
+``train``: ``--task NAME`` picks the model and data classes from ``TASKS``; ``configs/trainer.yaml``
+and ``configs/NAME.yaml`` are the parser's default config files, so ``--help`` and
+``--print_config`` show their values, a further ``--config`` overrides them and the command line
+overrides both (``--model.lr 0.01``, ``--data.train_json my.json``). A fit ends with a test on the
+test split (the validation split unless ``--data.test_json`` is given) that writes the report.
+The run folder ``runs/NAME/<time stamp>`` is claimed once the command line parsed, so ``--help``
+or a typo leaves none behind, and a run that fails before it logged anything removes its own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
-import pickle
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -22,11 +24,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vision_tasks.backbone import BackboneWeightsError
+from vision_tasks.checkpoint import check_task, load_task_checkpoint, read_checkpoint
+from vision_tasks.console import EpochSummary, HeadlineProgressBar, hidden_messages, quiet_lightning
 from vision_tasks.data.coco import CocoDataError
+from vision_tasks.export import OnnxRunner
 from vision_tasks.tasks import TASKS
 from vision_tasks.tasks.base import BaseTask
 
@@ -35,6 +41,10 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
 # Errors in what the user gave (data, weights, a diverging run): one line, no traceback.
 USER_ERRORS = (CocoDataError, BackboneWeightsError, FloatingPointError)
+# What loggers write into a run folder as it starts; a failed run holding only these is removed.
+STARTUP_FILES = ("events.out.tfevents.*", "hparams.yaml", "config.yaml")
+# LightningCLI's --optimizer / --lr_scheduler would replace BaseTask.configure_optimizers.
+OPTIMISER_OPTIONS = ("--optimizer", "--lr_scheduler")
 
 
 @contextlib.contextmanager
@@ -50,13 +60,95 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(f"error: {error}") from None
 
 
+class RunFolder:
+    """``runs/TASK/<version>``: claimed after parsing, removed again if the run fails unused.
+
+    Args:
+        task: the task name (the folder's parent is ``runs/TASK``).
+        version: an existing run's folder name (resuming it), or ``None`` for a new one.
+    """
+
+    def __init__(self, task: str, version: str | None) -> None:
+        self.root = f"runs/{task}"
+        self.version = version
+        self.claimed: list[Path] = []  # created by this process, so ours to remove
+
+    def logger_args(self) -> dict[str, Any]:
+        """``init_args`` shared by the run's loggers (``version`` filled in by :meth:`claim`)."""
+        return {"save_dir": self.root, "name": "", "version": self.version}
+
+    def claim(self, loggers: Any) -> None:
+        """Create a new run's folder and name it in the parsed ``loggers`` that log into it."""
+        entries = loggers if isinstance(loggers, list) else [loggers]
+        ours = [
+            entry.init_args
+            for entry in entries
+            if isinstance(entry, Namespace)
+            and isinstance(entry.get("init_args"), Namespace)
+            and entry.init_args.get("save_dir") == self.root
+            and entry.init_args.get("version") is None
+        ]
+        if self.version is not None or not ours:
+            return  # resuming, or the user chose other loggers
+        parents = [Path(self.root), Path(self.root).parent]
+        created = [p for p in parents if not p.exists()]
+        self.version = _new_version(Path(self.root).name)
+        if not _is_ddp_worker():
+            self.claimed = [Path(self.root, self.version), *created]
+        for init_args in ours:
+            init_args.version = self.version
+
+    def discard_if_unused(self) -> None:
+        """Remove the claimed folder if it holds nothing but what loggers write at start."""
+        if not self.claimed or not self.claimed[0].is_dir():
+            return
+        folder, *parents = self.claimed
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        if not all(any(p.match(pattern) for pattern in STARTUP_FILES) for p in files):
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in parents:  # runs/TASK and runs/, where this run made them
+            with contextlib.suppress(OSError):  # another run's folder appeared in it
+                parent.rmdir()
+
+
 class VisionCLI(LightningCLI):
-    """LightningCLI that links data-derived values into the model and evaluates after fit."""
+    """LightningCLI that links data-derived values into the model and evaluates after fit.
+
+    Args:
+        run: the run folder to claim once the command line parsed.
+        *args, **kwargs: as :class:`LightningCLI`.
+    """
+
+    def __init__(self, *args: Any, run: RunFolder | None = None, **kwargs: Any) -> None:
+        self.run = run
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Categories come from the data; the input size is one value for both."""
+        """Categories and the task's ``linked_from_data`` values come from the data module; the
+        input size is one value for both."""
         parser.link_arguments("data.categories", "model.categories", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size")
+        for model_arg, data_attr in linked_from_data(self.model_class).items():
+            parser.link_arguments(f"data.{data_attr}", f"model.{model_arg}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Claim the run folder now that the command line parsed (not for ``fast_dev_run``,
+        which logs nothing)."""
+        trainer = self.config[self.subcommand].trainer
+        if self.run is not None and not trainer.fast_dev_run:
+            self.run.claim(trainer.logger)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer, with :class:`HeadlineProgressBar` unless the bar is off or chosen."""
+        config = self.config_init[self.subcommand].trainer
+        callbacks = config.callbacks or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if config.enable_progress_bar is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            kwargs.setdefault("callbacks", [*callbacks, HeadlineProgressBar()])
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         """Test the best checkpoint on the test split and print where everything is."""
@@ -64,9 +156,18 @@ class VisionCLI(LightningCLI):
         if trainer.fast_dev_run or trainer.interrupted:
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        # print_summary names the checkpoint; Lightning's two lines about loading it repeat it.
+        with hidden_messages("Restoring states from the checkpoint", "Loaded model weights"):
+            trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False
+            )
         if trainer.is_global_zero:
             print_summary(self.model, best or "(none)")
+
+
+def linked_from_data(model_class: type) -> dict[str, str]:
+    """A task's model arguments that the data module sets: ``{model argument: data attribute}``."""
+    return dict(getattr(model_class, "linked_from_data", {}))
 
 
 def print_summary(model: BaseTask, checkpoint: str) -> None:
@@ -107,9 +208,21 @@ def _pop_option(argv: list[str], name: str) -> str | None:
     return None
 
 
-def _task_configs(task: str) -> list[str]:
+def _default_config_files(task: str) -> list[str]:
     files = [CONFIG_DIR / "trainer.yaml", CONFIG_DIR / f"{task}.yaml"]
-    return [arg for f in files if f.is_file() for arg in ("--config", str(f))]
+    return [str(f) for f in files if f.is_file()]
+
+
+def _refuse_optimiser_options(argv: list[str]) -> None:
+    for arg in argv:
+        name = arg.split("=", 1)[0].split(".", 1)[0]
+        if name in OPTIMISER_OPTIONS:
+            raise SystemExit(
+                f"{name} is not supported: every task trains with AdamW, warm-up and a cosine "
+                f"schedule (BaseTask.configure_optimizers); set --model.lr, "
+                f"--model.weight_decay, --model.backbone_lr_mult, --model.warmup_epochs or "
+                f"--model.min_lr_ratio instead"
+            )
 
 
 def _resolve_resume(task: str, argv: list[str]) -> tuple[str, int] | None:
@@ -129,11 +242,16 @@ def _resolve_resume(task: str, argv: list[str]) -> tuple[str, int] | None:
                 return None  # Lightning resolves these itself
             path = Path(value)
             saved = read_checkpoint(path, mmap=True)
-            _check_task(path, saved, task)
+            check_task(path, saved, task)
             if path.parent.name == "checkpoints":
                 # keep logging into the interrupted run's folder
                 return path.parent.parent.name, int(saved.get("epoch", -1))
     return None
+
+
+def _is_ddp_worker() -> bool:
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK")
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ranks)
 
 
 def _new_version(task: str) -> str:
@@ -143,7 +261,7 @@ def _new_version(task: str) -> str:
     launched in parallel) get two folders, not one shared ``metrics.csv`` and checkpoints.
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    if any(int(os.environ.get(name, "0") or 0) > 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+    if _is_ddp_worker():
         return stamp  # a DDP worker: rank zero names the folder (Lightning broadcasts its path)
     root = Path("runs", task)
     root.mkdir(parents=True, exist_ok=True)
@@ -157,95 +275,63 @@ def _new_version(task: str) -> str:
             version = f"{stamp}-{n}"
 
 
+TRAIN_USAGE = (
+    "usage: {prog} --task {{{tasks}}} [fit|validate|test|predict] [--config FILE] [options]\n"
+    "  --task NAME --help lists every option with the values of configs/NAME.yaml"
+)
+
+
 def train_main(argv: list[str] | None = None) -> VisionCLI | None:
     """``tools/train.py --task NAME [fit|validate|test|predict] [LightningCLI options]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     log_to_console()
+    quiet_lightning()
     task = _pop_option(argv, "--task")
+    if task is None and {"-h", "--help"} & set(argv):
+        print(TRAIN_USAGE.format(prog=Path(sys.argv[0]).name, tasks=",".join(TASKS)))
+        raise SystemExit(0)
     if task not in TASKS:
         raise SystemExit(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
+    _refuse_optimiser_options(argv)
     subcommand = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "fit"
     resumed = _resolve_resume(task, argv)
-    version, resume_epoch = resumed or (_new_version(task), None)
-    where = {"save_dir": f"runs/{task}", "name": "", "version": version}
+    run = RunFolder(task, resumed[0] if resumed else None)
     loggers = [
-        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": where},
+        {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": run.logger_args(),
+        },
         {
             "class_path": "vision_tasks.utils.ResumableCSVLogger",
-            "init_args": {**where, "resume_epoch": resume_epoch},
+            "init_args": {**run.logger_args(), "resume_epoch": resumed[1] if resumed else None},
         },
     ]
     spec = TASKS[task]
-    with user_errors():
-        return VisionCLI(
-            spec.model,
-            spec.data,
-            args=[subcommand, *_task_configs(task), *argv],
-            trainer_defaults={
-                "default_root_dir": f"runs/{task}",
-                "logger": loggers,
-                "plugins": [{"class_path": "vision_tasks.utils.AtomicCheckpointIO"}],
-            },
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-        )
-
-
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """Load a vision_tasks checkpoint (weights only), each way it can fail said in one line.
-
-    Raises:
-        SystemExit: missing, empty, truncated, not a checkpoint of this package, or holding
-            Python objects that a weights-only load refuses (a pickle can run code).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"checkpoint not found: {path}")
-    with path.open("rb") as handle:
-        head = handle.read(4)
-    if not head:
-        raise SystemExit(f"{path}: empty file (0 bytes), not a checkpoint")
-    zipped = head == b"PK\x03\x04"  # torch.save writes a zip archive
+    defaults = {"default_config_files": _default_config_files(task)}
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
-    except pickle.UnpicklingError:
-        detail = (
-            "it holds Python objects other than tensors and plain values, which are not "
-            "loaded for safety"
-            if zipped
-            else "not a PyTorch file"
-        )
-        raise SystemExit(f"{path}: not a vision_tasks checkpoint ({detail})") from None
-    except Exception:  # torch.load raises RuntimeError, EOFError, ... on damaged input
-        if zipped:
-            raise SystemExit(
-                f"{path}: checkpoint is truncated or damaged (an incomplete zip "
-                f"archive); was its copy or save interrupted?"
-            ) from None
-        raise SystemExit(f"{path}: not a vision_tasks checkpoint (not a PyTorch file)") from None
-    saved = checkpoint.get("vision_tasks") if isinstance(checkpoint, dict) else None
-    if not isinstance(saved, dict) or saved.get("task") not in TASKS:
-        raise SystemExit(f"{path}: not a vision_tasks checkpoint (no task recorded in it)")
-    return checkpoint
-
-
-def _check_task(path: Path, checkpoint: dict[str, Any], task: str | None) -> None:
-    saved_task = checkpoint["vision_tasks"]["task"]
-    if task is not None and saved_task != task:
-        raise SystemExit(f"{path}: this is a {saved_task} checkpoint; use --task {saved_task}")
-
-
-def load_task_checkpoint(path: str | Path, task: str | None = None) -> BaseTask:
-    """Rebuild a task model from a checkpoint alone (``task`` checks it is the expected one)."""
-    path = Path(path)
-    checkpoint = read_checkpoint(path, mmap=True)
-    _check_task(path, checkpoint, task)
-    saved_task = checkpoint["vision_tasks"]["task"]
-    model = TASKS[saved_task].model.load_from_checkpoint(
-        path, map_location="cpu", weights_only=True
-    )
-    model.eval()
-    return model
+        with user_errors():
+            return VisionCLI(
+                spec.model,
+                spec.data,
+                args=[subcommand, *argv],
+                run=run,
+                parser_kwargs={
+                    "prog": f"{Path(sys.argv[0]).name} --task {task}",
+                    **{name: dict(defaults) for name in SUBCOMMANDS},
+                },
+                trainer_defaults={
+                    "default_root_dir": run.root,
+                    "logger": loggers,
+                    "plugins": [{"class_path": "vision_tasks.utils.AtomicCheckpointIO"}],
+                    "callbacks": [EpochSummary()],
+                },
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False,
+            )
+    except BaseException:
+        run.discard_if_unused()
+        raise
 
 
 def _data_from_checkpoint(task: str, checkpoint: Path, overrides: list[str]) -> Any:
@@ -262,6 +348,23 @@ def _data_from_checkpoint(task: str, checkpoint: Path, overrides: list[str]) -> 
     parser.set_defaults({f"data.{k}": v for k, v in hparams.items()})
     config = parser.parse_args(overrides)
     return TASKS[task].data(**config.data.as_dict())
+
+
+def _check_linked_values(model: BaseTask, data: Any) -> None:
+    """Refuse ``--data.*`` overrides that contradict what training linked into the model.
+
+    Only values the data module was given are compared (``patch_size``, ``aspect_ratio``);
+    counted ones such as the training identities are not: evaluating reads no training split.
+    """
+    for model_arg, data_attr in linked_from_data(type(model)).items():
+        if data_attr not in data.hparams:
+            continue
+        trained, given = model.hparams[model_arg], getattr(data, data_attr)
+        if trained != given:
+            raise SystemExit(
+                f"--data.{data_attr} {given} differs from the {trained} the checkpoint's model "
+                f"was trained with (model.{model_arg})"
+            )
 
 
 def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -293,6 +396,7 @@ def evaluate_main(argv: list[str] | None = None) -> dict[str, Any]:
         help="multitask --compare: images the inference times are taken on",
     )
     args, overrides = parser.parse_known_args(argv)
+    quiet_lightning()
     with user_errors():
         return _evaluate(args, overrides)
 
@@ -301,6 +405,7 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     compare = _parse_compare(args.compare, args.task)
     model = load_task_checkpoint(args.ckpt, args.task)
     data = _data_from_checkpoint(args.task, args.ckpt, overrides)
+    _check_linked_values(model, data)
     data.adopt_categories(model.categories)  # reads the test split only
     if args.split:
         data.split_labels["test"] = args.split
@@ -423,6 +528,7 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
         parser.error("give image files / folders, or --coco JSON --images DIR (one of the two)")
     if args.coco and args.images is None:
         parser.error("--coco needs --images: the folder its file_names are relative to")
+    quiet_lightning()
     with user_errors():
         return _predict(args)
 
@@ -434,8 +540,6 @@ def _predict(args: argparse.Namespace) -> list[Path]:
     model = load_task_checkpoint(args.ckpt, args.task)
     network = model.to(memory_format=torch.channels_last)  # NHWC: faster inference on CPU
     if args.engine == "onnx":
-        from vision_tasks.export import OnnxRunner
-
         onnx_path = args.onnx or args.ckpt.with_suffix(".onnx")
         if not onnx_path.is_file():
             raise SystemExit(f"{onnx_path} not found: run tools/export.py --ckpt {args.ckpt} first")

@@ -9,6 +9,7 @@ returns the outputs in the torch structure (dicts, tuples, ``None`` entries), so
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vision_tasks.checkpoint import load_task_checkpoint
 from vision_tasks.tasks.base import BaseTask
 
 EXAMPLE_BATCH = 2  # not 1, so batch-sized outputs can be told from constant ones
@@ -180,10 +182,6 @@ def _median_ms(fn, repeats: int) -> float:
 
 def export_main(argv: list[str] | None = None) -> dict[str, Any]:
     """``tools/export.py --ckpt PATH [--format onnx] [--output FILE]``: export and check."""
-    import argparse
-
-    from vision_tasks.cli import load_task_checkpoint
-
     parser = argparse.ArgumentParser(description=export_main.__doc__)
     parser.add_argument("--ckpt", required=True, type=Path)
     parser.add_argument("--format", choices=["onnx"], default="onnx")
