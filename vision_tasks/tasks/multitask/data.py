@@ -14,7 +14,7 @@ be mixed in one run, so what each image is labelled with is read from its file:
 - image label (classify): the image record's ``category_id``, else the category of its only
   non-crowd annotation; otherwise none.
 
-Losses are then taken over the labelled samples / instances only (``tasks/multitask/model.py``).
+Losses are then taken over the labelled samples / instances only (``tasks/multitask/losses.py``).
 """
 
 from __future__ import annotations
