@@ -114,6 +114,19 @@ def mask_logits(coeffs: Tensor, protos: Tensor) -> Tensor:
     return (coeffs @ protos.flatten(1)).view(-1, *protos.shape[-2:])
 
 
+def bilinear_weights(positions: Tensor, size: int) -> Tensor:
+    """(n,) sample positions in pixel units (pixel ``j``'s centre at ``j``) -> (n, size) linear
+    interpolation weights; beyond the outer centres the edge pixel's value holds (as a resize)."""
+    low = positions.floor()
+    fraction = (positions - low).float()
+    low = low.long()
+    rows = torch.arange(len(positions))
+    weights = torch.zeros(len(positions), size)
+    weights.index_put_((rows, low.clamp(0, size - 1)), 1 - fraction, accumulate=True)
+    weights.index_put_((rows, (low + 1).clamp(0, size - 1)), fraction, accumulate=True)
+    return weights
+
+
 def paste_masks(
     logits: Tensor,
     boxes_xyxy: Tensor,
@@ -133,25 +146,30 @@ def paste_masks(
         size_hw: the original image's (H0, W0).
         stride: network pixels per prototype pixel.
 
-    Each original pixel samples the logits bilinearly at its centre; it is in the mask when the
-    logit there is positive (sigmoid > 0.5) and its centre lies in the box.
+    Each original pixel whose centre lies in the box (as :func:`box_pixels`) samples the logits
+    bilinearly at that centre; it is in the mask when the logit there is positive (sigmoid >
+    0.5). Only the box's pixels are sampled: a mask is zero outside its box anyway.
     """
     height, width = size_hw
+    masks = torch.zeros(len(logits), height, width, dtype=torch.bool)
     if len(logits) == 0:
-        return torch.zeros(0, height, width, dtype=torch.bool, device=logits.device)
+        return masks
     h, w = logits.shape[-2:]
-    grid_dtype = torch.float32
+    # Network coordinates of the original pixel centres, then prototype pixel units.
     xs = (torch.arange(width, dtype=torch.float64) + 0.5) * scale + pad[0]
     ys = (torch.arange(height, dtype=torch.float64) + 0.5) * scale + pad[1]
-    # grid_sample (align_corners=False): -1 and 1 are the outer edges of the first / last pixel.
-    gx = (xs / (w * stride) * 2 - 1).to(grid_dtype).view(1, -1).expand(height, -1)
-    gy = (ys / (h * stride) * 2 - 1).to(grid_dtype).view(-1, 1).expand(-1, width)
-    grid = torch.stack([gx, gy], dim=-1).unsqueeze(0).to(logits.device)
-    # Border padding: beyond the outer pixel centres the edge values hold, as in a resize.
-    sampled = F.grid_sample(
-        logits.float().unsqueeze(0), grid, "bilinear", "border", align_corners=False
-    ).squeeze(0)
-    return (sampled > 0) & box_pixels(boxes_xyxy.to(logits.device).float(), height, width)
+    across, down = bilinear_weights(xs / stride - 0.5, w), bilinear_weights(ys / stride - 0.5, h)
+    # Pixel x is in [x1, x2) when its centre is: x >= ceil(x1 - 0.5) and x < ceil(x2 - 0.5).
+    boxes = boxes_xyxy.detach().double().cpu()
+    first = (boxes - 0.5).ceil().long()
+    first[:, 0::2] = first[:, 0::2].clamp(0, width)
+    first[:, 1::2] = first[:, 1::2].clamp(0, height)
+    values = logits.detach().float().cpu()
+    for k, (x0, y0, x1, y1) in enumerate(first.tolist()):
+        if x1 > x0 and y1 > y0:
+            region = down[y0:y1] @ values[k] @ across[x0:x1].T
+            masks[k, y0:y1, x0:x1] = region > 0
+    return masks.to(logits.device)
 
 
 def prototype_grid_masks(masks: Tensor, h: int, w: int, stride: int) -> Tensor:
