@@ -412,3 +412,36 @@ def test_python_dash_m_runs_the_same_command() -> None:
         timeout=120,
     )
     assert done.returncode == 0 and "train     train, validate or test" in done.stdout
+
+
+def test_values_linked_from_the_data_are_saved_with_the_model(trained_runs, tiny_coco) -> None:
+    import torch
+
+    config = yaml.safe_load((cli.CONFIG_DIR / "reid.yaml").read_text())["data"]
+    saved = torch.load(trained_runs["reid"] / "checkpoints" / "last.ckpt", weights_only=True)
+    train = json.loads(tiny_coco.train_json.read_text())["annotations"]
+    identities = {
+        a["track_id"] for a in train if not a.get("iscrowd") and a.get("track_id", -1) >= 0
+    }
+    hparams = saved["hyper_parameters"]
+    assert hparams["num_identities"] == len(identities)
+    assert saved["state_dict"]["classifier.weight"].shape[0] == len(identities)
+    assert hparams["crop_aspect_ratio"] == config["aspect_ratio"]
+    saved = torch.load(trained_runs["homography"] / "checkpoints" / "last.ckpt", weights_only=True)
+    data = saved["datamodule_hyper_parameters"]
+    assert (saved["hyper_parameters"]["patch_size"], saved["hyper_parameters"]["rho"]) == (
+        data["patch_size"],
+        data["rho"],
+    )
+
+
+def test_linked_values_cannot_be_set_apart_from_the_data(trained_runs, data_args, capsys) -> None:
+    import torch
+
+    with pytest.raises(SystemExit):
+        train_main(["--task", "reid", *data_args, "--model.num_identities", "7"])
+    assert 'Linked "model.num_identities" must be given via' in capsys.readouterr().err
+    best = sorted((trained_runs["homography"] / "checkpoints").glob("best-*.ckpt"))[-1]
+    rho = torch.load(best, weights_only=True)["hyper_parameters"]["rho"]
+    with pytest.raises(SystemExit, match=rf"--data.rho {rho / 2} differs from the {rho} "):
+        evaluate_main(["--task", "homography", "--ckpt", str(best), "--data.rho", str(rho / 2)])

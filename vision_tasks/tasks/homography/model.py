@@ -125,8 +125,9 @@ class HomographyTask(BaseTask):
     Args:
         categories: COCO category records; linked from the data module, unused by the model.
         image_size: network input side (pairs are area-resized to it from ``patch_size``).
-        patch_size: side of the patches the corners are measured in (pixels).
-        rho: corner perturbation range; targets are offsets / ``rho``.
+        patch_size: side of the patches the corners are measured in (pixels); the CLI links it
+            from the data's.
+        rho: corner perturbation range; targets are offsets / ``rho``; linked as patch_size.
         loss: ``smooth_l1`` or ``l2`` on the scaled offsets.
         architecture: ``regression`` or ``correlation`` (see above).
         feature_level: backbone level the head reads.
@@ -146,6 +147,9 @@ class HomographyTask(BaseTask):
     task_name = "homography"
     monitor = "val/model_mace"
     monitor_mode = "min"
+    # {model argument: data module attribute}, linked by the CLI when it builds both: the
+    # corners are measured in the data's patches.
+    linked_from_data = {"patch_size": "patch_size", "rho": "rho"}
     num_report_samples = 8
 
     def __init__(
@@ -203,17 +207,6 @@ class HomographyTask(BaseTask):
             {"model": CornerError(), "identity": CornerError(), "orb": CornerError()},
             compute_groups=False,  # each member is fed different corners
         )
-
-    def setup(self, stage: str) -> None:
-        """Refuse data cut at another patch size or rho than the model's."""
-        data = self.trainer.datamodule
-        mine = (self.hparams.patch_size, float(self.hparams.rho))
-        theirs = (getattr(data, "patch_size", mine[0]), float(getattr(data, "rho", mine[1])))
-        if mine != theirs:
-            raise ValueError(
-                f"model.patch_size/rho {mine} differ from data.patch_size/rho "
-                f"{theirs}: set both to the same values"
-            )
 
     def forward(self, images: Tensor) -> Tensor | dict[str, Tensor]:
         """(B, 2, S, S) normalised patch pairs -> ``regression``: (B, 8) corner offsets divided

@@ -22,7 +22,7 @@ from vision_tasks.evaluation.metrics import ReidMetric
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import GeneralizedMeanPool
 from vision_tasks.tasks.base import BaseTask
-from vision_tasks.tasks.reid.data import ReidData, ReidDataset, crop_size
+from vision_tasks.tasks.reid.data import ReidDataset, crop_size
 from vision_tasks.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,11 @@ class ReidTask(BaseTask):
     Args:
         categories: COCO category records; linked from the data module (kept, not used).
         image_size: crop height the model was trained at (for prediction).
-        crop_aspect_ratio: crop width / height, recorded from the data module at fit (under
-            another name than the data's ``aspect_ratio``: Lightning refuses a model and data
+        crop_aspect_ratio: crop width / height; the CLI links it from the data's
+            ``aspect_ratio`` (under another name: Lightning refuses a model and data
             hyper-parameter of one name with two values).
-        num_identities: identity classifier classes; 0: counted in the training data at fit.
+        num_identities: identity classifier classes (0: none); the CLI links it from the
+            identities of the training split.
         pooling: ``avg`` or ``gem``.
         embedding_dim: 0 keeps the backbone's c5 width, else a linear reduction.
         last_stride: 1 keeps c5 at stride 16 (finer pooled features, as usual in re-ID).
@@ -132,6 +133,11 @@ class ReidTask(BaseTask):
     task_name = "reid"
     monitor = "val/mAP"
     monitor_mode = "max"
+    # {model argument: data module attribute}, linked by the CLI when it builds both.
+    linked_from_data = {
+        "crop_aspect_ratio": "aspect_ratio",
+        "num_identities": "num_train_identities",
+    }
 
     def __init__(
         self,
@@ -183,24 +189,6 @@ class ReidTask(BaseTask):
     def _build_classifier(self, num_identities: int) -> None:
         self.classifier = nn.Linear(self.head.out_channels, num_identities, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
-
-    def setup(self, stage: str) -> None:
-        """At fit, record the crop aspect ratio and identity count of the training data."""
-        datamodule = self.trainer.datamodule
-        if stage != "fit" or not isinstance(datamodule, ReidData):
-            return
-        self.hparams.crop_aspect_ratio = datamodule.aspect_ratio  # saved with the checkpoint
-        if self.hparams.id_loss_weight <= 0:
-            return
-        found = datamodule.num_train_identities
-        if self.classifier is None:
-            self._build_classifier(found)
-            self.hparams.num_identities = found
-        elif self.classifier.out_features < found:
-            raise CocoDataError(
-                f"--model.num_identities {self.classifier.out_features} is "
-                f"below the {found} identities of the training data"
-            )
 
     def forward(self, images: Tensor) -> dict[str, Tensor | None]:
         """(B, 3, H, W) -> ``features`` (B, D), ``embedding`` (B, D) unit-norm, ``logits``."""
