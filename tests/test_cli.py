@@ -87,18 +87,18 @@ def test_predict_on_a_coco_file_keeps_its_image_ids(trained_runs, tiny_coco, tmp
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from vision_tasks import cli
+    from vision_tasks.cli import train
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.time, "strftime", lambda _: "20260101-000000")
+    monkeypatch.setattr(train.time, "strftime", lambda _: "20260101-000000")
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
         monkeypatch.delenv(name, raising=False)
     with ThreadPoolExecutor(4) as pool:  # a sweep launched at once
-        versions = list(pool.map(lambda _: cli._new_version("detect"), range(4)))
+        versions = list(pool.map(lambda _: train._new_version("detect"), range(4)))
     assert sorted(versions) == ["20260101-000000", *(f"20260101-000000-{n}" for n in (2, 3, 4))]
     assert sorted(p.name for p in (tmp_path / "runs" / "detect").iterdir()) == sorted(versions)
     monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP worker claims nothing: rank zero names it
-    assert cli._new_version("detect") == "20260101-000000"
+    assert train._new_version("detect") == "20260101-000000"
     assert len(list((tmp_path / "runs" / "detect").iterdir())) == 4
 
 

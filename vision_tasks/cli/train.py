@@ -36,7 +36,7 @@ from vision_tasks.export import OnnxRunner
 from vision_tasks.tasks import TASKS
 from vision_tasks.tasks.base import BaseTask
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
 # Errors in what the user gave (data, weights, a diverging run): one line, no traceback.
