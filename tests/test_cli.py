@@ -39,6 +39,34 @@ def test_evaluate_from_checkpoint_alone_matches_training_report(trained_runs, ta
     assert (tmp_path / "report.md").is_file()
 
 
+def test_evaluate_without_output_keeps_the_training_report(trained_runs, tiny_coco, capsys):
+    run = trained_runs["classify"]
+    best = sorted((run / "checkpoints").glob("best-*.ckpt"))[-1]
+    trained = {p.relative_to(run): p.read_bytes() for p in (run / "report").rglob("*")}
+    assert Path("report/report.json") in trained and Path("report/report.md") in trained
+    first = run / f"eval-{tiny_coco.val_json.stem}"  # the split trained with as validation
+    headline = evaluate_main(["--task", "classify", "--ckpt", str(best)])
+    assert f"report:     {first}/report.md" in capsys.readouterr().out
+    written = (first / "report.json").read_bytes()
+    assert json.loads(written)["headline"] == pytest.approx(headline)
+    evaluate_main(["--task", "classify", "--ckpt", str(best)])  # again: a folder of its own
+    second = first.with_name(first.name + "-2")
+    assert f"report:     {second}/report.md" in capsys.readouterr().out
+    assert (second / "report.md").is_file() and (first / "report.json").read_bytes() == written
+    assert {p.relative_to(run): p.read_bytes() for p in (run / "report").rglob("*")} == trained
+
+
+def test_fresh_report_dir_names_the_split_and_never_reuses_a_folder(tmp_path) -> None:
+    from vision_tasks.cli import fresh_report_dir
+
+    (tmp_path / "eval-held_out_v2").mkdir()
+    (tmp_path / "eval-held_out_v2" / "report.json").write_text("{}")
+    assert fresh_report_dir(tmp_path, "held out/v2") == tmp_path / "eval-held_out_v2-2"
+    assert fresh_report_dir(tmp_path, "held out/v2") == tmp_path / "eval-held_out_v2-3"
+    assert fresh_report_dir(tmp_path / "new", "../") == tmp_path / "new" / "eval-test"
+    assert (tmp_path / "eval-held_out_v2" / "report.json").read_text() == "{}"
+
+
 def test_checkpoint_of_another_task_is_refused(trained_runs) -> None:
     task, other = "classify", next((t for t in TASKS if t != "classify"), None)
     if other is None:

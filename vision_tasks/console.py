@@ -1,8 +1,9 @@
 """What a run prints: Lightning's tips and banners filtered out, a progress bar with the loss and
-the task's headline metric, and one line per epoch.
+the task's headline metric, one line per epoch, the closing summary, and user errors in one line.
 
 Each filter names the message it drops, so a new Lightning message still shows; nothing here
-turns a logger or a warning category off as a whole.
+turns a logger or a warning category off as a whole. Shared by every command (``vision_tasks.cli``
+and ``vision_tasks.tracking.cli``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from tqdm import tqdm
+
+from vision_tasks.backbone import BackboneWeightsError
+from vision_tasks.data.coco import CocoDataError
+
+if TYPE_CHECKING:
+    from vision_tasks.tasks.base import BaseTask
+
+# Errors in what the user gave (data, weights, a diverging run): one line, no traceback.
+USER_ERRORS = (CocoDataError, BackboneWeightsError, FloatingPointError)
 
 # Logged at INFO by Lightning on every run; none tells the user something to act on.
 LIGHTNING_CHATTER = (
@@ -42,6 +52,45 @@ WARNINGS_DROPPED = (
     # torchvision's draw_bounding_boxes on an image without predictions (report samples).
     "boxes doesn't contain any box",
 )
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn :data:`USER_ERRORS` raised inside into ``SystemExit("error: <message>")``.
+
+    A ``CocoDataError`` raised in a DataLoader worker arrives with its own message only (see
+    :class:`CocoDataError`), so it too reads as one message.
+    """
+    try:
+        yield
+    except USER_ERRORS as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def log_to_console() -> None:
+    """Show vision_tasks' own INFO lines (weights loaded, records skipped or clipped) on stderr.
+
+    Lightning configures only its own logger, so without a handler these lines would be lost.
+    """
+    logger = logging.getLogger("vision_tasks")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def print_summary(model: BaseTask, checkpoint: str) -> None:
+    """Print the headline numbers and the paths a user looks for next."""
+    report = model.test_report
+    split = report.meta.get("split", "the test split") if report is not None else "no split"
+    print()
+    print(f"== {model.task_name}: evaluation on {split} ==")
+    if report is not None:
+        for key, value in report.headline.items():
+            print(f"  {key:>12}: {value:.4f}")
+    print(f"  checkpoint: {checkpoint}")
+    print(f"  report:     {getattr(model, 'report_dir', '(not written)')}/report.md")
 
 
 class _DropMessages(logging.Filter):
