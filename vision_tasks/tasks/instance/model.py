@@ -30,7 +30,7 @@ from vision_tasks import ops
 from vision_tasks.evaluation.coco_eval import results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct
-from vision_tasks.tasks.base import letterbox_numbers
+from vision_tasks.tasks.base import letterbox_numbers, samples_figure
 from vision_tasks.tasks.detect import (
     LEVELS,
     DetectTask,
@@ -523,11 +523,8 @@ class InstanceTask(DetectTask):
                 "Mask precision-recall at IoU 0.5 (area all, 100 dets)",
                 {"series": segm.pr_curves, "xlabel": "recall", "ylabel": "precision"},
             ),
-            Figure(
-                "predictions",
-                "image_grid",
-                "Predicted masks (class colours, score >= 0.3), ground-truth boxes green",
-                {"images": [s[0] for s in samples], "captions": [s[1] for s in samples]},
+            samples_figure(
+                samples, "Predicted masks (class colours, score >= 0.3), ground-truth boxes green"
             ),
         ]
         scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
