@@ -410,6 +410,8 @@ def test_vision_tasks_command_dispatches_to_each_tool(capsys) -> None:
 
     expected = {"train", "evaluate", "predict", "export", "convert", "track"}
     assert set(COMMANDS) == expected
+    # a wheel has no tools/ folder: every command must live in the package
+    assert all(module.startswith("vision_tasks.") for module, _, _ in COMMANDS.values())
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     listed = re.findall(r"^  (\S+) ", capsys.readouterr().out, re.M)

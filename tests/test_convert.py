@@ -7,7 +7,6 @@ the real BCCD (VOC) and TUD-Campus (MOT15) files are checked against an independ
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -29,9 +28,9 @@ from vision_tasks.data.convert import (
     write_mot,
     yolo_to_coco,
 )
+from vision_tasks.data.convert.cli import convert_main
 from vision_tasks.tasks.classify import ClassifyDataset
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 REAL = Path(__file__).resolve().parents[1].parent / "shared/data/real"
 
 
@@ -39,13 +38,6 @@ def _image(path: Path, width: int, height: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), np.full((height, width, 3), 120, np.uint8))
     return path
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("convert_tool", TOOLS / "convert.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def _boxes(dataset: dict) -> list[tuple]:
@@ -175,8 +167,7 @@ def test_voc_refuses_unknown_classes_and_bad_split_lists(voc_root: Path) -> None
 
 
 def test_voc_tool_prints_one_summary_line_and_one_error_line(voc_root, tmp_path, capsys) -> None:
-    tool = _tool()
-    out = tool.main(
+    out = convert_main(
         ["voc", str(voc_root), "--difficult", "drop", "--output", str(tmp_path / "v.json")]
     )
     lines = capsys.readouterr().out.splitlines()
@@ -187,7 +178,7 @@ def test_voc_tool_prints_one_summary_line_and_one_error_line(voc_root, tmp_path,
     assert lines[1] == f"wrote {out}; pass --data.*_images {voc_root}"
     (voc_root / "Annotations" / "b.xml").write_text(_voc_xml("b.jpg", None, []))
     with pytest.raises(SystemExit) as exit_info:
-        tool.main(["voc", str(voc_root), "--output", str(tmp_path / "v.json")])
+        convert_main(["voc", str(voc_root), "--output", str(tmp_path / "v.json")])
     message = str(exit_info.value)
     assert message.startswith("error: ") and "b.xml: field 'size/width'" in message
     assert "\n" not in message
@@ -459,7 +450,7 @@ def test_mot_tool_puts_video_frames_beside_the_output(tmp_path: Path, capsys) ->
     video, gt = _video(tmp_path / "walk.avi", 6), tmp_path / "walk_gt.txt"
     gt.write_text(MOT15_GT)
     out = tmp_path / "out/walk.json"
-    _tool().main(["mot", str(video), "--gt", str(gt), "--chunks", "2", "--output", str(out)])
+    convert_main(["mot", str(video), "--gt", str(gt), "--chunks", "2", "--output", str(out)])
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "mot: 6 images, 4 boxes, 1 class; dropped: nothing",
@@ -469,7 +460,7 @@ def test_mot_tool_puts_video_frames_beside_the_output(tmp_path: Path, capsys) ->
     assert index.skipped == {"bbox outside image": 2} and index.image_path(6).is_file()
     gt.write_text("1,1,3,4,20\n")
     with pytest.raises(SystemExit) as exit_info:
-        _tool().main(["mot", str(video), "--gt", str(gt), "--output", str(out)])
+        convert_main(["mot", str(video), "--gt", str(gt), "--output", str(out)])
     assert str(exit_info.value) == (
         f"error: {gt}:1: expected at least 6 comma-separated fields (frame,id,x,y,w,h,...), got 5"
     )
@@ -564,7 +555,7 @@ def test_coco2yolo_tool(coco_json: Path, tmp_path: Path, capsys) -> None:
 
 def _run_tool_lines(capsys, coco_json: Path, tmp_path: Path, out: Path, extra: list) -> list:
     source = ["coco2yolo", str(coco_json), "--images", str(tmp_path / "coco"), "--output"]
-    _tool().main([*source, str(out), *extra])
+    convert_main([*source, str(out), *extra])
     return capsys.readouterr().out.splitlines()
 
 

@@ -15,22 +15,23 @@ Each subcommand takes the options of the ``tools/<name>.py`` script of the same 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-# name -> (module, function, one-line help); "tools/..." modules are scripts of a source tree.
+# name -> (module, function, one-line help); every module is part of the installed package.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("vision_tasks.cli", "train_main", "train, validate or test a task (LightningCLI)"),
     "evaluate": ("vision_tasks.cli", "evaluate_main", "score a checkpoint and write its report"),
     "predict": ("vision_tasks.cli", "predict_main", "run a checkpoint on images or a COCO file"),
     "export": ("vision_tasks.export", "export_main", "export a checkpoint to ONNX and check it"),
-    "convert": ("tools/convert.py", "main", "convert VOC, YOLO, ImageFolder, MOT to COCO"),
+    "convert": (
+        "vision_tasks.data.convert.cli",
+        "convert_main",
+        "convert VOC, YOLO, ImageFolder, MOT to COCO",
+    ),
     "track": ("vision_tasks.tracking.cli", "track_main", "track objects through a video"),
 }
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def usage() -> str:
@@ -44,30 +45,15 @@ def usage() -> str:
 def resolve(name: str) -> Callable[[list[str] | None], Any]:
     """The entry function of subcommand ``name``, imported now."""
     module_name, function, _ = COMMANDS[name]
-    if module_name.startswith("tools/"):
-        module = _load_script(SOURCE_ROOT / module_name, name)
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name is None or not module_name.startswith(error.name):
-                raise  # a dependency of the module is missing, not the module itself
-            raise SystemExit(
-                f"vision-tasks {name}: {module_name} is not part of this installation"
-            ) from None
-    return getattr(module, function)
-
-
-def _load_script(path: Path, name: str) -> Any:
-    if not path.is_file():
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise  # a dependency of the module is missing, not the module itself
         raise SystemExit(
-            f"vision-tasks {name}: needs the source tree's {path.relative_to(SOURCE_ROOT)} "
-            f"(install from a clone: pip install -e .)"
-        )
-    spec = importlib.util.spec_from_file_location(f"vision_tasks_tools_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+            f"vision-tasks {name}: {module_name} is not part of this installation"
+        ) from None
+    return getattr(module, function)
 
 
 def main(argv: list[str] | None = None) -> None:

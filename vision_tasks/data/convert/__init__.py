@@ -8,7 +8,8 @@ nothing is dropped silently. Bad input raises one ``CocoDataError`` line naming 
 field. The ways back: :func:`coco_to_yolo` and :func:`write_mot` (tracker output for TrackEval).
 
 Modules: ``common`` (the COCO dict, ``Summary``), ``market1501``, ``voc``, ``yolo``,
-``imagefolder``, ``mot`` (and ``write_mot``), ``coco2yolo``; import from here.
+``imagefolder``, ``mot`` (and ``write_mot``), ``coco2yolo``; import from here. The command line
+(``vision-tasks convert``) is ``cli.convert_main``.
 
 Example:
     >>> convert("market1501", "Market-1501-v15.09.15", "market_train.json", {"split": "train"})
