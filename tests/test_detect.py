@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 
+import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -103,14 +105,30 @@ def test_letterbox_round_trip_within_one_pixel(tiny_coco) -> None:
         assert torch.allclose(back, original.double(), atol=1.0)
 
 
-def test_training_augmentation_keeps_boxes_on_their_objects(tiny_coco) -> None:
-    index = CocoIndex(tiny_coco.train_json, tiny_coco.train_images)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    sample = DetectDataset(index, image_size=128, train=True)[0]
-    boxes = sample["boxes_xyxy"]
-    assert ((boxes >= 0) & (boxes <= 128)).all()
-    assert len(boxes) == len(sample["label"]) == len(sample["crowd"])
+def test_flipped_training_sample_keeps_each_box_with_its_label(tmp_path) -> None:
+    """Letterbox, then a flip that always happens: boxes as worked out by hand, labels in step."""
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 80, 3), np.uint8))
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10], "area": 200},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [60, 20, 20, 15], "area": 300},
+    ]
+    image = {"id": 1, "file_name": "a.png", "width": 80, "height": 40}
+    data = {"images": [image], "categories": CATEGORIES, "annotations": annotations}
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    dataset = DetectDataset(CocoIndex(tmp_path / "a.json", tmp_path), image_size=160, train=True)
+    for transform in dataset.transform.transforms:  # the geometry made certain; colour stays
+        if isinstance(transform, A.Affine):
+            transform.p = 0.0
+        if isinstance(transform, A.HorizontalFlip):
+            transform.p = 1.0
+    sample = dataset[0]
+    # 80x40 -> scale 2, 160x80 centred in 160x160 (pad_y 40); the flip maps x to 160 - x.
+    # circle [10, 5, 30, 15] -> [20, 50, 60, 70] -> [100, 50, 140, 70]
+    # person [60, 20, 80, 35] -> [120, 80, 160, 110] (on the right edge) -> [0, 80, 40, 110]
+    expected = torch.tensor([[100.0, 50.0, 140.0, 70.0], [0.0, 80.0, 40.0, 110.0]])
+    torch.testing.assert_close(sample["boxes_xyxy"], expected, atol=1e-3, rtol=0)
+    assert sample["label"].tolist() == [1, 0]  # category 3 is class 1, category 1 class 0
+    assert sample["crowd"].tolist() == [False, False]
 
 
 def _write(path, obj) -> str:
@@ -198,6 +216,7 @@ def test_decode_maps_to_original_pixels_and_category_ids() -> None:
     assert prediction["category_id"].tolist() == [3] and prediction["image_id"] == 7
 
 
+@pytest.mark.slow  # 25 optimiser steps of the full detector
 def test_few_steps_on_one_batch_halve_the_loss(tiny_coco) -> None:
     torch.manual_seed(0)
     data = DetectData(

@@ -14,6 +14,8 @@ from vision_tasks.cli import evaluate_main
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"detect": ["images", "detections"], "reid": ["num_queries", "num_gallery"]}
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+# Two training processes each: the slow tier. The timeout matches the subprocess's own below.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.mark.parametrize("task", ["detect", "reid"])

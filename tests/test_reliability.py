@@ -51,6 +51,8 @@ def _train_in(workdir: Path, args: list[str]) -> Path:
         os.chdir(cwd)
 
 
+@pytest.mark.slow  # two fits per case, compared
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("task, workers", [("classify", "1"), ("detect", "0")])
 def test_same_seed_gives_the_same_metrics(task, workers, data_args, tmp_path) -> None:
     args = [
@@ -115,6 +117,8 @@ def _wait_for_last_checkpoint(run: subprocess.Popen, runs: Path, epoch: int, log
     pytest.fail(f"no last.ckpt of epoch {epoch} after 900 s:\n{log.read_text()[-3000:]}")
 
 
+@pytest.mark.slow  # three six-epoch fits, one of them killed
+@pytest.mark.timeout(3600)
 def test_killed_run_resumes_from_last_and_ends_like_an_uninterrupted_one(data_args, tmp_path):
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
