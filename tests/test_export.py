@@ -14,8 +14,6 @@ from vision_tasks.data.coco import read_image
 from vision_tasks.export import OnnxRunner, export_main, flatten_outputs, max_abs_difference
 from vision_tasks.tasks import TASKS
 
-pytest.importorskip("onnxruntime")
-
 KEYPOINT_TOLERANCE_PX = 0.25
 # Homography decoding: a windowed soft-argmax over the near-tied logits of a barely trained
 # model, then six refinement passes. Measured (2026-12, 18 pairs of the tiny data): ONNX Runtime's
