@@ -71,9 +71,10 @@ def test_onnx_matches_torch_and_predict_agrees(trained_runs, tiny_coco, task, tm
     by_torch = json.loads((tmp_path / "torch" / "results.json").read_text())
     by_onnx = json.loads((tmp_path / "onnx" / "results.json").read_text())
     assert by_torch, "no predictions to compare"
-    if task == "detect":
+    if task in ("detect", "instance"):
         # An untrained detector scores every box ~0.01: 1e-7 differences reorder near-ties in
-        # top-k / NMS, so compare what survives as a whole, not record by record.
+        # top-k / NMS, so compare what survives as a whole, not record by record (and flip
+        # mask pixels whose logit is ~0: test_instance.py compares the masks by IoU).
         assert len(by_torch) == len(by_onnx)
         _assert_close(sorted(r["score"] for r in by_torch), sorted(r["score"] for r in by_onnx))
     elif task == "segment":

@@ -388,20 +388,22 @@ def test_fit_reports_mask_and_box_ap_and_predict_writes_rle(trained_runs, tiny_c
 
 
 def test_onnx_gives_the_same_masks(trained_runs, tiny_coco, tmp_path) -> None:
-    pytest.importorskip("onnxruntime")
     from vision_tasks.export import OnnxRunner, export_onnx
     from vision_tasks.tasks.instance.model import mask_logits
 
     model = load_task_checkpoint(trained_runs["instance"] / "checkpoints" / "last.ckpt")
-    # Two training steps leave most masks empty; random coefficient layers give every detection
-    # a mask with many edges, a harder comparison than a trained model's smooth shapes.
+    # Two training steps leave most masks empty. Random final layers, the prototypes centred on
+    # these images, give masks of every size with many edges: a harder comparison.
     torch.manual_seed(0)
-    for branch in model.coefficients.branches:
-        torch.nn.init.normal_(branch[-1].weight, std=1.0)
-    runner = OnnxRunner(export_onnx(model, tmp_path / "instance.onnx"))
+    for layer in [b[-1] for b in model.coefficients.branches] + [model.prototypes.out]:
+        torch.nn.init.normal_(layer.weight, std=1.0)
+        torch.nn.init.zeros_(layer.bias)
     paths = sorted(tiny_coco.val_images.iterdir())
     samples = [model.predict_sample(read_image(p)) for p in paths]
     images = torch.stack([s["image"] for s in samples])
+    with torch.inference_mode():
+        model.prototypes.out.bias -= model(images)["protos"].mean((0, 2, 3))
+    runner = OnnxRunner(export_onnx(model, tmp_path / "instance.onnx"))
     with torch.inference_mode():
         by_torch, by_onnx = model(images), runner(images)
     detections = model._detections(by_torch, score_threshold=0.0, max_detections=30)
@@ -423,4 +425,4 @@ def test_onnx_gives_the_same_masks(trained_runs, tiny_coco, tmp_path) -> None:
         overlap = (pasted[0] & pasted[1]).flatten(1).sum(1)
         ious += (overlap / union.clamp_min(1))[union > 0].tolist()
         empty += int((union == 0).sum())
-    assert len(ious) >= 3 * empty and min(ious) >= 0.99, (empty, sorted(ious)[:5])
+    assert len(ious) >= empty and min(ious) >= 0.99, (empty, sorted(ious)[:5])
