@@ -485,6 +485,10 @@ def test_bad_sources_and_detection_files_fail_in_one_line(tmp_path: Path) -> Non
     assert f"{word}:1: field 'x'" in _fails(
         ["--source", str(video), "--detections", str(word), *out]
     )
+    bad_gt = tmp_path / "gt.txt"
+    bad_gt.write_text("1,1,10,10,20,30,1,-1,-1,-1\n2,1,10,10\n")
+    failed = _fails(["--source", str(video), "--detections", str(good), "--gt", str(bad_gt), *out])
+    assert f"{bad_gt}:2: expected at least 6 comma-separated fields" in failed
     assert "--detections replaces the detector" in _fails(
         ["--source", str(video), "--detections", str(good), "--ckpt", "x.ckpt", *out]
     )

@@ -113,7 +113,7 @@ def _boxes(count: int, seed: int = 0) -> np.ndarray:
 
 def build_models(args: argparse.Namespace) -> dict[str, Any]:
     """Detect, re-ID and joint models: from the checkpoints given, else untrained."""
-    from vision_tasks.cli import load_task_checkpoint
+    from vision_tasks.checkpoint import load_task_checkpoint
     from vision_tasks.tasks.detect import DetectTask
     from vision_tasks.tasks.multitask import MultiTaskTask
     from vision_tasks.tasks.reid import ReidTask

@@ -101,7 +101,7 @@ def track_main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _load(path: Path) -> tuple[Any, dict[str, Any]]:
-    from vision_tasks.cli import load_task_checkpoint, read_checkpoint
+    from vision_tasks.checkpoint import load_task_checkpoint, read_checkpoint
 
     saved = read_checkpoint(path, mmap=True)
     return load_task_checkpoint(path), saved.get("datamodule_hyper_parameters", {})

@@ -68,7 +68,9 @@ class Detections:
             if self.embeddings.ndim != 2 or len(self.embeddings) != count:
                 raise ValueError(f"{count} boxes but embeddings of shape {self.embeddings.shape}")
         if len(self.scores) != count or len(self.classes) != count:
-            raise ValueError(f"{count} boxes but {len(self.scores)} scores, {len(self.classes)}")
+            raise ValueError(
+                f"{count} boxes but {len(self.scores)} scores and {len(self.classes)} classes"
+            )
 
     def __len__(self) -> int:
         return len(self.boxes_xyxy)
