@@ -445,6 +445,20 @@ def test_bad_configuration_fails_clearly(data, tiny_coco) -> None:
         )
 
 
+def test_identity_count_comes_from_the_training_data_and_is_saved(trained_runs, tiny_coco):
+    from vision_tasks.checkpoint import load_task_checkpoint
+
+    path = trained_runs["multitask"] / "checkpoints" / "last.ckpt"
+    train = json.loads(tiny_coco.train_json.read_text())["annotations"]
+    identities = {
+        a["track_id"] for a in train if isinstance(a.get("track_id"), int) and a["track_id"] >= 0
+    }
+    saved = torch.load(path, weights_only=True)
+    assert saved["hyper_parameters"]["num_identities"] == len(identities) > 1
+    model = load_task_checkpoint(path)  # the checkpoint alone, no data module
+    assert model.identity_classifier.out_features == len(identities)
+
+
 def test_evaluate_writes_every_heads_metrics_and_the_single_task_comparison(
     trained_runs, tmp_path, monkeypatch
 ) -> None:

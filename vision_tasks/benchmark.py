@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -134,15 +133,16 @@ def build(
     data.setup("fit")
     loader = data.train_dataloader() if split == "train" else data.val_dataloader()
     batch = _full_batch(loader, batch_size)
-    model_args = {**config["model"], "backbone_weights": "none", **(model_overrides or {})}
-    model = spec.model(**model_args, categories=data.categories, image_size=data.image_size)
-    # Fit's setup hook adds what the data decides (re-ID's identity classifier, sized by the
+    # What the data decides, as the CLI links it (re-ID's identity classifier, sized by the
     # training identities): without it the timed step would skip the identity loss.
-    model.trainer = SimpleNamespace(datamodule=data)
-    try:
-        model.setup("fit")
-    finally:
-        model.trainer = None
+    linked = {arg: getattr(data, attr) for arg, attr in spec.model.linked_from_data.items()}
+    model_args = {
+        **config["model"],
+        "backbone_weights": "none",
+        **linked,
+        **(model_overrides or {}),
+    }
+    model = spec.model(**model_args, categories=data.categories, image_size=data.image_size)
     return model, batch
 
 

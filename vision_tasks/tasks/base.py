@@ -86,6 +86,10 @@ class BaseTask(L.LightningModule):
     monitor: ClassVar[str] = "val/loss"  # the metric that picks the best checkpoint
     monitor_mode: ClassVar[str] = "min"
     num_report_samples: ClassVar[int] = 16
+    # {model argument: data module attribute} the CLI links when it builds both, for values the
+    # data decides (re-ID's identity count): they are saved with the model's hyper-parameters,
+    # so no setup hook reads trainer.datamodule and a checkpoint alone rebuilds the model.
+    linked_from_data: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,

@@ -414,6 +414,11 @@ class MultiTaskData(VisionDataModule):
         known = sorted(v for v in found if _int_or(v, -1) >= 0)
         return {identity: label for label, identity in enumerate(known)}
 
+    @property
+    def num_train_identities(self) -> int:
+        """Identities of the training files (the identity classifier's classes)."""
+        return len(self.identity_labels)
+
     def build_dataset(self, index: CocoIndex, train: bool) -> Dataset:
         """All training files as one dataset; one file for validation / test."""
 

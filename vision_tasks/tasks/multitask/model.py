@@ -87,7 +87,8 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
             (JDE / FairMOT's embedding branch): capacity of the identity features' own, as the
             PAN is shaped by detection, which wants identities alike; 0: pool the PAN directly.
         embedding_dim: re-ID embedding width (0: the neck width, or ``reid_channels``).
-        num_identities: identity classifier classes (0: counted in the training data at fit).
+        num_identities: identity classifier classes (0: none); the CLI links it from the
+            identities of the training files.
         triplet_margin: margin of the batch-hard triplet loss.
         id_loss_weight: weight of the identity cross-entropy inside the re-ID loss.
         label_smoothing: label smoothing of the identity and image-class cross-entropies.
@@ -104,6 +105,8 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
     num_report_samples = 8
     draw_score_threshold = 0.3
     exportable = False  # tools/export.py: NMS and per-box heads on a data-dependent box count
+    # {model argument: data module attribute}, linked by the CLI when it builds both.
+    linked_from_data = {"num_identities": "num_train_identities"}
 
     def __init__(
         self,
@@ -210,7 +213,10 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
             self.reid_head = ReidHead(reid_channels or neck_width, embedding_dim, "gem")
             self.identity_classifier: nn.Linear | None = None
             if num_identities > 0 and id_loss_weight > 0:
-                self._build_identity_classifier(num_identities)
+                self.identity_classifier = nn.Linear(
+                    self.reid_head.out_channels, num_identities, bias=False
+                )
+                nn.init.normal_(self.identity_classifier.weight, std=0.001)
             metrics["reid"] = ReidMetric()
         scored = tuple(SCORED_METRIC[h] for h in self.heads)
         self.val_metric = HeadMetrics(metrics, scored)
@@ -256,27 +262,6 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         sigmas = keypoint_sigmas(category, oks_sigmas)
         metrics["keypoints_gt"] = KeypointMetric(category["id"], sigmas)
         metrics["keypoints_detected"] = KeypointMetric(category["id"], sigmas)
-
-    def _build_identity_classifier(self, num_identities: int) -> None:
-        self.identity_classifier = nn.Linear(
-            self.reid_head.out_channels, num_identities, bias=False
-        )
-        nn.init.normal_(self.identity_classifier.weight, std=0.001)
-
-    def setup(self, stage: str) -> None:
-        """At fit, size the identity classifier from the training data's identities."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if (
-            stage != "fit"
-            or "reid" not in self.heads
-            or self.hparams.id_loss_weight <= 0
-            or not hasattr(datamodule, "identity_labels")
-        ):
-            return
-        found = len(datamodule.identity_labels)
-        if self.identity_classifier is None and found:
-            self._build_identity_classifier(found)
-            self.hparams.num_identities = found
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(
