@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -214,6 +215,22 @@ def test_decode_maps_to_original_pixels_and_category_ids() -> None:
     )
     torch.testing.assert_close(prediction["bbox"][0], expected, atol=1e-3, rtol=0)
     assert prediction["category_id"].tolist() == [3] and prediction["image_id"] == 7
+
+
+def test_coco_backend_option_reaches_both_box_metrics(tmp_path, monkeypatch, capsys) -> None:
+    from vision_tasks.cli import train_main
+
+    model = DetectTask(categories=CATEGORIES, image_size=64, coco_backend="faster")
+    assert model.val_metric.backend == model.test_metric.backend == "faster"
+    assert model.hparams.coco_backend == "faster"  # a checkpoint evaluates as it validated
+    assert DetectTask(categories=CATEGORIES, image_size=64).val_metric.backend == "pycocotools"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        train_main(["--task", "detect", "--model.coco_backend", "faster", "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["coco_backend"] == "faster"
+    with pytest.raises(SystemExit):
+        train_main(["--task", "detect", "--model.coco_backend", "fast", "--print_config"])
+    assert "coco_backend" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # 25 optimiser steps of the full detector

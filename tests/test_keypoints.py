@@ -13,7 +13,7 @@ from albumentations.pytorch import ToTensorV2
 from vision_tasks import ops
 from vision_tasks.data.coco import CocoDataError, CocoIndex
 from vision_tasks.data.synthetic import KEYPOINT_NAMES
-from vision_tasks.evaluation.coco_eval import COCO_PERSON_SIGMAS, coco_evaluate
+from vision_tasks.evaluation.coco_eval import COCO_PERSON_SIGMAS, KEYPOINT_STATS, coco_evaluate
 from vision_tasks.tasks.keypoints import (
     KeypointData,
     KeypointDataset,
@@ -241,6 +241,32 @@ def test_metric_counts_padded_duplicates_once(data: KeypointData) -> None:
     model.update_metric(model.val_metric, heatmaps, batch)
     model.update_metric(model.val_metric, heatmaps[:1], first)  # a DistributedSampler pad
     assert model.val_metric.compute()["instances"] == len(batch["image_id"])
+
+
+def test_coco_backend_reaches_the_metric_and_both_backends_give_the_same_ap(
+    data: KeypointData,
+) -> None:
+    batch = _val_batch(data)
+    # Keypoints a few crop pixels off, more for some people than others: an AP strictly
+    # between 0 and 1, where a wrong OKS or matching would show.
+    generator = torch.Generator().manual_seed(0)
+    spread = torch.linspace(0.5, 6.0, len(batch["image_id"]))[:, None, None]
+    noisy = batch["keypoints"].clone()
+    noisy[..., :2] += spread * torch.randn(noisy[..., :2].shape, generator=generator)
+    heatmaps, _ = encode_heatmaps(noisy, (32, 24))
+    values = {}
+    for backend in ("pycocotools", "faster"):
+        model = KeypointTask(data.categories, image_size=128, coco_backend=backend)
+        assert model.val_metric.backend == model.test_metric.backend == backend
+        model.test_metric.index = data.index("val")
+        model.update_metric(model.test_metric, heatmaps, batch)
+        values[backend] = model.test_metric.compute()
+    names = list(KEYPOINT_STATS)
+    reference, faster = ([values[b][n] for n in names] for b in ("pycocotools", "faster"))
+    np.testing.assert_allclose(faster, reference, rtol=0, atol=1e-12)
+    assert 0.05 < values["faster"]["AP"] < 0.95
+    with pytest.raises(ValueError, match="must be one of pycocotools, faster, got 'fast'"):
+        KeypointTask(data.categories, image_size=128, coco_backend="fast")
 
 
 def test_detected_boxes_replace_ground_truth_for_evaluation(tiny_coco, tmp_path) -> None:

@@ -445,6 +445,14 @@ def test_bad_configuration_fails_clearly(data, tiny_coco) -> None:
         )
 
 
+def test_coco_backend_reaches_the_box_and_keypoint_metrics(data) -> None:
+    model = make_model(data, heads=["detect", "keypoints"], coco_backend="faster")
+    for metrics in (model.val_metric, model.test_metric):
+        for name in ("detect", "keypoints_gt", "keypoints_detected"):
+            assert metrics[name].backend == "faster"
+    assert make_model(data, heads=["detect"]).val_metric["detect"].backend == "pycocotools"
+
+
 def test_identity_count_comes_from_the_training_data_and_is_saved(trained_runs, tiny_coco):
     from vision_tasks.checkpoint import load_task_checkpoint
 

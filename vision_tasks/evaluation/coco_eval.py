@@ -118,6 +118,12 @@ def coco_evaluate(
     )
 
 
+def check_backend(backend: str) -> None:
+    """Raise now for an unknown backend name or a missing faster-coco-eval (metrics call it when
+    built, so a run fails at start rather than after its first validation epoch)."""
+    _backend(backend)
+
+
 def _backend(backend: str) -> tuple[type, type]:
     """The (COCO, COCOeval) classes of ``backend``."""
     if backend == "pycocotools":
@@ -271,7 +277,7 @@ class CocoBoxMetric(Metric):
 
     def __init__(self, backend: Backend = "pycocotools") -> None:
         super().__init__()
-        _backend(backend)  # an unknown name or a missing package fails here, not after an epoch
+        check_backend(backend)
         self.backend = backend
         for name in ("image_ids", "det_image_ids", "det_boxes", "det_scores", "det_categories"):
             self.add_state(name, default=[], dist_reduce_fx="cat")

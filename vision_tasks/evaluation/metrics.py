@@ -12,7 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.utilities import dim_zero_cat
 
-from vision_tasks.evaluation.coco_eval import coco_evaluate
+from vision_tasks.evaluation.coco_eval import Backend, check_backend, coco_evaluate
 
 
 class CornerError(Metric):
@@ -296,15 +296,24 @@ class KeypointMetric(Metric):
     ``compute()`` returns the 10 ``KEYPOINT_STATS`` (with an index), ``PCK`` (mean over keypoints),
     ``pck_per_keypoint``, ``visible_per_keypoint``, ``error_per_keypoint`` (mean pixels), each
     (K,), ``pck_curve`` (mean PCK at ``PCK_CURVE_THRESHOLDS``), ``instances`` and ``records``
-    (the COCO results).
+    (the COCO results). ``backend`` picks the COCOeval implementation (see
+    :func:`~vision_tasks.evaluation.coco_eval.coco_evaluate`).
     """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, category_id: int, sigmas: Any, pck_threshold: float = 0.05) -> None:
+    def __init__(
+        self,
+        category_id: int,
+        sigmas: Any,
+        pck_threshold: float = 0.05,
+        backend: Backend = "pycocotools",
+    ) -> None:
         super().__init__()
+        check_backend(backend)
+        self.backend = backend
         for name in ("sample_ids", "image_ids", "predicted", "scores", "truth", "box_sizes"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self.category_id = category_id
@@ -370,6 +379,7 @@ class KeypointMetric(Metric):
                 image_ids=seen,
                 keypoint_sigmas=self.sigmas,
                 category_ids=[self.category_id],
+                backend=self.backend,
             )
             values.update(result.stats)
         return values

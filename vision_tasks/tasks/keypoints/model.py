@@ -49,6 +49,8 @@ class KeypointTask(BaseTask):
         flip_test: average with the heatmaps of the mirrored crop at evaluation.
         oks_sigmas: per-keypoint OKS sigmas (default: COCO's, for 17 keypoints).
         pck_threshold: PCK radius as a fraction of the box's longer side.
+        coco_backend: COCOeval of the OKS AP metric: ``pycocotools`` (the reference) or
+            ``faster`` (faster-coco-eval, same stats; docs/evaluation.md).
         (the rest: see :class:`BaseTask`)
     """
 
@@ -66,6 +68,7 @@ class KeypointTask(BaseTask):
         flip_test: bool = True,
         oks_sigmas: list[float] | None = None,
         pck_threshold: float = 0.05,
+        coco_backend: Literal["pycocotools", "faster"] = "pycocotools",
         backbone: str = "resnet18",
         backbone_weights: str = "none",
         freeze_at: int = 0,
@@ -104,7 +107,7 @@ class KeypointTask(BaseTask):
         self.crop_size = crop_size(image_size)
         sigmas = keypoint_sigmas(self.category, oks_sigmas)
         self.head = HeatmapHead(self.backbone.out_channels, num_keypoints, head_channels)
-        self.val_metric = KeypointMetric(self.category["id"], sigmas, pck_threshold)
+        self.val_metric = KeypointMetric(self.category["id"], sigmas, pck_threshold, coco_backend)
         self.test_metric = self.val_metric.clone()
 
     def forward(self, images: Tensor) -> Tensor:

@@ -95,6 +95,8 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         score_threshold: detections kept for COCO evaluation.
         nms_iou: IoU of the class-aware NMS.
         max_detections: detections kept per image.
+        coco_backend: COCOeval of the detection and keypoint AP: ``pycocotools`` (the
+            reference) or ``faster`` (faster-coco-eval, same stats; docs/evaluation.md).
         instance_score_threshold: detections this confident get keypoints and embeddings.
         max_instances: at most this many of them per image.
         (the rest: see :class:`BaseTask`)
@@ -136,6 +138,7 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         score_threshold: float = 0.001,
         nms_iou: float = 0.65,
         max_detections: int = 100,
+        coco_backend: Literal["pycocotools", "faster"] = "pycocotools",
         instance_score_threshold: float = 0.3,
         max_instances: int = 20,
         backbone: str = "resnet18",
@@ -184,7 +187,7 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         metrics: dict[str, nn.Module] = {}
         if "detect" in self.heads:
             self.detect_head = DetectHead(neck_width, len(categories), len(LEVELS))
-            metrics["detect"] = CocoBoxMetric()
+            metrics["detect"] = CocoBoxMetric(backend=coco_backend)
         if "segment" in self.heads:
             self.segment_head = SegmentHead(channels, len(categories) + 1, tuple(decoder_channels))
             metrics["segment"] = SegmentationMetric(len(categories) + 1, IGNORE_INDEX)
@@ -201,7 +204,12 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
             if self.shared_block is not None:
                 keypoint_channels["c2"] += int(decoder_channels[self.shared_block])
             self._build_keypoint_head(
-                keypoint_channels, keypoint_crop_height, keypoint_head_channels, oks_sigmas, metrics
+                keypoint_channels,
+                keypoint_crop_height,
+                keypoint_head_channels,
+                oks_sigmas,
+                coco_backend,
+                metrics,
             )
         if "reid" in self.heads:
             self.reid_pool = MultiScaleRoIAlign(list(PYRAMID), list(reid_roi_size), 2)
@@ -246,6 +254,7 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         crop_height: int,
         head_channels: tuple[int, int, int],
         oks_sigmas: list[float] | None,
+        coco_backend: str,
         metrics: dict[str, nn.Module],
     ) -> None:
         category = next((c for c in self.categories if "flip_pairs" in c), None)
@@ -260,8 +269,8 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         self.crop_size = crop_size(crop_height)
         self.keypoint_head = HeatmapHead(channels, len(category["keypoints"]), tuple(head_channels))
         sigmas = keypoint_sigmas(category, oks_sigmas)
-        metrics["keypoints_gt"] = KeypointMetric(category["id"], sigmas)
-        metrics["keypoints_detected"] = KeypointMetric(category["id"], sigmas)
+        for name in ("keypoints_gt", "keypoints_detected"):
+            metrics[name] = KeypointMetric(category["id"], sigmas, backend=coco_backend)
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(
