@@ -103,7 +103,7 @@ def resolution_ceiling(sizes: list[int]) -> list[dict[str, Any]]:
     from vision_tasks.data.synthetic import synthetic_dataset
     from vision_tasks.tasks.instance.data import instance_masks, letterbox_masks
     from vision_tasks.tasks.instance.evaluation import CocoMaskMetric, encode_masks
-    from vision_tasks.tasks.instance.model import paste_masks, prototype_grid_masks
+    from vision_tasks.tasks.instance.masks import paste_masks, prototype_grid_masks
 
     paths = synthetic_dataset()
     index = CocoIndex(paths.val_json, paths.val_images)

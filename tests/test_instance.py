@@ -21,14 +21,13 @@ from vision_tasks.evaluation.coco_eval import BOX_STATS
 from vision_tasks.tasks.detect import grid_points, pad_targets, task_aligned_assign
 from vision_tasks.tasks.instance import InstanceData, InstanceDataset, InstanceTask
 from vision_tasks.tasks.instance.evaluation import CocoMaskMetric, encode_masks
-from vision_tasks.tasks.instance.model import (
-    assigned_objects,
+from vision_tasks.tasks.instance.masks import (
     box_pixels,
     crop_mask,
-    mask_loss,
     paste_masks,
     prototype_grid_masks,
 )
+from vision_tasks.tasks.instance.model import assigned_objects, mask_loss
 
 
 def _bce(z: float, t: float) -> float:
@@ -389,7 +388,7 @@ def test_fit_reports_mask_and_box_ap_and_predict_writes_rle(trained_runs, tiny_c
 
 def test_onnx_gives_the_same_masks(trained_runs, tiny_coco, tmp_path) -> None:
     from vision_tasks.export import OnnxRunner, export_onnx
-    from vision_tasks.tasks.instance.model import mask_logits
+    from vision_tasks.tasks.instance.masks import mask_logits
 
     model = load_task_checkpoint(trained_runs["instance"] / "checkpoints" / "last.ckpt")
     # Two training steps leave most masks empty. Random final layers, the prototypes centred on
