@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections import Counter
@@ -17,6 +16,7 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from vision_tasks.data.coco import CocoDataError, CocoIndex
 from vision_tasks.data.convert import convert
+from vision_tasks.data.convert.cli import convert_main
 from vision_tasks.evaluation.metrics import ReidMetric, market1501_rank
 from vision_tasks.tasks.reid import (
     PKBatchSampler,
@@ -27,8 +27,6 @@ from vision_tasks.tasks.reid import (
     batch_hard_triplet_loss,
     hardest_pairs,
 )
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 # ---- batch-hard triplet loss: 4 identities x 2 embeddings on a line ---------------------------
 # x = 0, 1 | 3, 7 | 10, 10.5 | 20, 24. Farthest positive / nearest negative of each anchor:
@@ -341,16 +339,13 @@ def test_market1501_converter_names_bad_file_names(tmp_path) -> None:
 
 
 def test_convert_tool_writes_the_json_and_reports_bad_input_in_one_line(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location("convert_tool", TOOLS / "convert.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     names = ["0002_c1s1_000451_03.jpg", "0005_c2s1_000451_01.jpg"]
     root = _market(tmp_path / "m", {"bounding_box_train": names})
-    out = tool.main(["market1501", str(root), "--output", str(tmp_path / "train.json")])
+    out = convert_main(["market1501", str(root), "--output", str(tmp_path / "train.json")])
     assert [a["track_id"] for a in json.loads(out.read_text())["annotations"]] == [2, 5]
     test_args = ["market1501", str(root), "--split", "test", "--output", str(tmp_path / "t.json")]
     with pytest.raises(SystemExit, match="^error: .*no folder 'query'"):
-        tool.main(test_args)
+        convert_main(test_args)
 
 
 # ---- model --------------------------------------------------------------------------------------
