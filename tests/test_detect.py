@@ -233,7 +233,6 @@ def test_coco_backend_option_reaches_both_box_metrics(tmp_path, monkeypatch, cap
     assert "coco_backend" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # 25 optimiser steps of the full detector
 def test_few_steps_on_one_batch_halve_the_loss(tiny_coco) -> None:
     torch.manual_seed(0)
     data = DetectData(

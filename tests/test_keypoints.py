@@ -332,7 +332,6 @@ def test_bad_keypoint_configuration_fails_clearly(tiny_coco, data: KeypointData)
 # ---- learning ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # 20 optimiser steps of the full model
 def test_a_few_steps_on_one_batch_halve_the_loss(data: KeypointData) -> None:
     torch.manual_seed(0)
     model = KeypointTask(data.categories, image_size=64, head_channels=(32, 16, 16))
