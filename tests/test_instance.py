@@ -323,6 +323,38 @@ def test_ground_truth_masks_score_one_and_match_pycocotools(tiny_coco, tmp_path)
     assert mine == pytest.approx(list(evaluator.stats), abs=1e-12)
 
 
+def test_coco_backend_option_reaches_both_mask_metrics(
+    tiny_coco, tmp_path, monkeypatch, capsys
+) -> None:
+    import yaml
+
+    categories = json.loads(tiny_coco.val_json.read_text())["categories"]
+    model = InstanceTask(categories=categories, image_size=64, coco_backend="faster")
+    assert model.val_metric.backend == model.test_metric.backend == "faster"
+    assert model.hparams.coco_backend == "faster"  # a checkpoint evaluates as it validated
+    assert InstanceTask(categories=categories, image_size=64).val_metric.backend == "pycocotools"
+    # Both backends score the same records alike: every other image's masks cut to a quarter.
+    index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
+    pairs = zip(_ground_truth_predictions(index), _ground_truth_predictions(index, shrink=True))
+    mixed = [whole if k % 2 else quarter for k, (whole, quarter) in enumerate(pairs)]
+    stats = []
+    for backend in ("pycocotools", "faster"):
+        metric = CocoMaskMetric(index.num_classes, backend=backend)
+        metric.index = index
+        metric.update(mixed, torch.tensor(index.image_ids))
+        values = metric.compute()
+        stats.append([values[f"{kind}_{name}"] for kind in ("mask", "box") for name in BOX_STATS])
+    assert 0.1 < stats[0][0] < 0.9  # mask AP: neither all found nor none
+    assert stats[0] == pytest.approx(stats[1], abs=1e-12)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        train_main(["--task", "instance", "--model.coco_backend", "faster", "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["coco_backend"] == "faster"
+    with pytest.raises(SystemExit):
+        train_main(["--task", "instance", "--model.coco_backend", "fast", "--print_config"])
+    assert "coco_backend" in capsys.readouterr().err
+
+
 # ---- bad input: one line naming file, record and field ------------------------------------------
 
 

@@ -22,8 +22,10 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from vision_tasks.evaluation.coco_eval import (
+    Backend,
     _gathered,
     _unique_records,
+    check_backend,
     coco_evaluate,
     results_from_predictions,
 )
@@ -79,6 +81,8 @@ class CocoMaskMetric(Metric):
     Args:
         num_classes: categories (the semantic view adds background).
         semantic_threshold: score from which a mask enters the semantic view.
+        backend: the COCOeval of both evaluations (see
+            :func:`~vision_tasks.evaluation.coco_eval.coco_evaluate`).
     """
 
     full_state_update = False
@@ -92,8 +96,12 @@ class CocoMaskMetric(Metric):
         "det_rle_lengths",
     )
 
-    def __init__(self, num_classes: int, semantic_threshold: float = 0.3) -> None:
+    def __init__(
+        self, num_classes: int, semantic_threshold: float = 0.3, backend: Backend = "pycocotools"
+    ) -> None:
         super().__init__()
+        check_backend(backend)
+        self.backend = backend
         for name in self._STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
         # Label maps are uint8 with IGNORE_INDEX: more classes than that get no semantic view.
@@ -166,8 +174,8 @@ class CocoMaskMetric(Metric):
             raise RuntimeError("CocoMaskMetric.index must be set to the split's CocoIndex")
         image_ids = sorted(set(_gathered(self.image_ids).tolist()))
         records = self.records()
-        bbox = coco_evaluate(self.index, records, "bbox", image_ids=image_ids)
-        segm = coco_evaluate(self.index, records, "segm", image_ids=image_ids)
+        bbox = coco_evaluate(self.index, records, "bbox", image_ids=image_ids, backend=self.backend)
+        segm = coco_evaluate(self.index, records, "segm", image_ids=image_ids, backend=self.backend)
         values: dict[str, Any] = {f"mask_{k}": v for k, v in segm.stats.items()}
         values |= {f"box_{k}": v for k, v in bbox.stats.items()}
         values |= {"segm": segm, "bbox": bbox, "images": len(image_ids), "detections": len(records)}

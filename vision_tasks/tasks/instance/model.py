@@ -18,7 +18,7 @@ as COCO RLE for COCOeval ``segm``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -229,6 +229,8 @@ class InstanceTask(DetectTask):
         prototype_channels: channels of the prototype branch (it runs at stride 4).
         mask_loss_weight: weight of the mask BCE.
         mask_dice_weight: weight of the mask Dice loss.
+        coco_backend: COCOeval of the mask and box AP: ``pycocotools`` (the reference) or
+            ``faster`` (faster-coco-eval, same stats; docs/evaluation.md).
         (the rest: see :class:`DetectTask` and :class:`~vision_tasks.tasks.base.BaseTask`)
     """
 
@@ -252,6 +254,7 @@ class InstanceTask(DetectTask):
         score_threshold: float = 0.001,
         nms_iou: float = 0.65,
         max_detections: int = 100,
+        coco_backend: Literal["pycocotools", "faster"] = "pycocotools",
         backbone: str = "resnet18",
         backbone_weights: str = "none",
         freeze_at: int = 0,
@@ -272,6 +275,7 @@ class InstanceTask(DetectTask):
             score_threshold=score_threshold,
             nms_iou=nms_iou,
             max_detections=max_detections,
+            coco_backend=coco_backend,
             backbone=backbone,
             backbone_weights=backbone_weights,
             freeze_at=freeze_at,
@@ -288,8 +292,12 @@ class InstanceTask(DetectTask):
             neck_width, c2_channels, prototype_channels, num_prototypes
         )
         self.coefficients = MaskCoefficientHead(neck_width, num_prototypes, len(LEVELS))
-        self.val_metric = CocoMaskMetric(len(categories), self.draw_score_threshold)
-        self.test_metric = CocoMaskMetric(len(categories), self.draw_score_threshold)
+        self.val_metric = CocoMaskMetric(
+            len(categories), self.draw_score_threshold, backend=coco_backend
+        )
+        self.test_metric = CocoMaskMetric(
+            len(categories), self.draw_score_threshold, backend=coco_backend
+        )
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """(B, 3, S, S) -> detection's outputs (see :meth:`DetectTask.forward`) plus
