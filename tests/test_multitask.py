@@ -64,10 +64,11 @@ def data(tiny_coco) -> MultiTaskData:
 def test_one_forward_gives_every_output_with_documented_shapes_and_one_backbone_call(
     data, reid_channels
 ):
-    model = make_model(data, reid_channels=reid_channels)
+    model = make_model(data, heads=[*ALL_HEADS, "instance"], reid_channels=reid_channels)
     embedding_width = reid_channels or 64  # the neck's width when no tower
     calls = []
     model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    data.datasets["train"].instance_masks = True
     batch = next(iter(data.train_dataloader()))
     outputs = model.forward_batch(batch)
     assert len(calls) == 1
@@ -75,6 +76,11 @@ def test_one_forward_gives_every_output_with_documented_shapes_and_one_backbone_
     points = sum((SIZE // s) ** 2 for s in (8, 16, 32))
     assert outputs["cls_logits"].shape == (b, points, c)
     assert outputs["box_regression"].shape == (b, points, 4)
+    assert outputs["mask_coeffs"].shape == (b, points, 32)
+    assert outputs["protos"].shape == (b, 32, SIZE // 4, SIZE // 4)
+    losses = model.compute_loss(outputs, batch)
+    assert {"loss_detect", "loss_keypoints", "loss_instance"} <= set(losses)
+    assert torch.isfinite(losses["loss_instance"]) and losses["loss_instance"] > 0
     assert outputs["segment"].shape == (b, c + 1, SIZE, SIZE)
     assert outputs["classify"].shape == (b, c)
     people = sum(int(r.sum()) for r in outputs["truth"]["keypoint_rows"])
@@ -436,6 +442,8 @@ def test_bad_configuration_fails_clearly(data, tiny_coco) -> None:
         make_model(data, heads=["detect", "depth"])
     with pytest.raises(ValueError, match="not attached"):
         make_model(data, heads=["detect"], loss_weights={"segment": 1.0})
+    with pytest.raises(ValueError, match="instance needs detect"):
+        make_model(data, heads=["segment", "instance"])
     with pytest.raises(ValueError, match="train_images"):
         MultiTaskData(
             [str(tiny_coco.train_json)] * 2,
@@ -445,10 +453,10 @@ def test_bad_configuration_fails_clearly(data, tiny_coco) -> None:
         )
 
 
-def test_coco_backend_reaches_the_box_and_keypoint_metrics(data) -> None:
-    model = make_model(data, heads=["detect", "keypoints"], coco_backend="faster")
+def test_coco_backend_reaches_the_box_keypoint_and_mask_metrics(data) -> None:
+    model = make_model(data, heads=["detect", "keypoints", "instance"], coco_backend="faster")
     for metrics in (model.val_metric, model.test_metric):
-        for name in ("detect", "keypoints_gt", "keypoints_detected"):
+        for name in ("detect", "keypoints_gt", "keypoints_detected", "instance"):
             assert metrics[name].backend == "faster"
     assert make_model(data, heads=["detect"]).val_metric["detect"].backend == "pycocotools"
 
@@ -591,3 +599,178 @@ def test_crop_regions_are_what_the_single_task_crop_shows() -> None:
     # A point at a region's top-left corner is crop pixel -0.5: pixel centres on integers.
     corner = ops.to_region_pixels(regions[:, None, :2], regions, size)
     assert torch.allclose(corner, torch.full_like(corner, -0.5))
+
+
+# ---- the instance head ----------------------------------------------------------------------
+
+
+def test_instance_masks_are_the_instance_tasks_masks_with_the_fill_kept_empty(tiny_coco) -> None:
+    from vision_tasks.tasks.instance import InstanceDataset
+
+    data = make_data(tiny_coco)
+    index = data.index("val")
+    joint = data.build_dataset(index, train=False)
+    assert "instance_masks" not in joint[0]  # off by default: the other heads do not pay for it
+    joint.instance_masks = True
+    single = InstanceDataset(index, SIZE, train=False)
+    for i in range(3):
+        sample, expected = joint[i], single[i]
+        assert torch.equal(sample["instance_masks"], expected["masks"])
+        assert torch.equal(sample["instance_has_mask"], expected["has_mask"])
+    # Augmented: each mask stays inside its (moved) box; the affine's fill is no object.
+    train = data.datasets["train"]
+    train.instance_masks = True
+    train.transform.set_random_seed(1)
+    for i in range(6):
+        sample = train[i]
+        assert len(sample["instance_masks"]) == len(sample["boxes_xyxy"])
+        for mask, box in zip(sample["instance_masks"], sample["boxes_xyxy"]):
+            ys, xs = torch.nonzero(mask > 127, as_tuple=True)
+            if len(xs):
+                assert xs.min() >= box[0] - 1.5 and xs.max() + 1 <= box[2] + 1.5
+                assert ys.min() >= box[1] - 1.5 and ys.max() + 1 <= box[3] + 1.5
+
+
+def _hand_outputs(n: int, classes: int, chosen: int) -> dict:
+    """One detection by hand: grid point ``chosen`` (centre (24, 24), stride 16) with class 0,
+    box (0, 16, 64, 48), and the mask logit +1 on prototype columns 0..7, -1 on 8..15."""
+    from vision_tasks.tasks.detect import grid_points
+
+    points, strides = grid_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
+    assert points[chosen].tolist() == [24.0, 24.0] and strides[chosen].item() == 16
+    cls_logits = torch.full((1, n, classes), -20.0)
+    cls_logits[0, chosen, 0] = 5.0
+    box_regression = torch.zeros(1, n, 4)
+    distances = torch.tensor([24.0, 8.0, 40.0, 24.0]) / 16  # left, top, right, bottom
+    box_regression[0, chosen] = torch.log(torch.expm1(distances))  # softplus inverted
+    protos = torch.zeros(1, 2, 16, 16)
+    protos[0, 0, :, :8], protos[0, 0, :, 8:] = 1.0, -1.0
+    mask_coeffs = torch.zeros(1, n, 2)
+    mask_coeffs[0, chosen, 0] = 1.0
+    return {
+        "cls_logits": cls_logits,
+        "box_regression": box_regression,
+        "points": points,
+        "strides": strides,
+        "mask_coeffs": mask_coeffs,
+        "protos": protos,
+    }
+
+
+def test_instance_head_masks_are_the_instance_tasks_paste_back_of_the_same_logits(data) -> None:
+    from vision_tasks.tasks.instance import InstanceTask
+    from vision_tasks.tasks.instance.evaluation import decode_rle
+
+    joint = make_model(data, heads=["detect", "instance"], num_prototypes=2).eval()
+    single = InstanceTask(categories=data.categories, image_size=SIZE, num_prototypes=2).eval()
+    n, classes = 64 + 16 + 4, len(data.categories)
+    # A 32x16 image letterboxed to 64: scale 2, pad (0, 16); the box is the whole image. Pixel
+    # x's centre is network x 2x + 1, prototype column (2x + 1) / 4 - 0.5, where the logit
+    # crosses 0 at 7.5: x <= 15 is inside.
+    batch = {
+        "image_id": torch.tensor([7]),
+        "scale": torch.tensor([2.0], dtype=torch.float64),
+        "pad": torch.tensor([[0.0, 16.0]], dtype=torch.float64),
+        "orig_size": torch.tensor([[16, 32]]),
+    }
+    [result] = joint.decode(_hand_outputs(n, classes, chosen=64 + 4 + 1), batch)
+    [record] = result["instance"]
+    assert record["bbox"] == pytest.approx([0.0, 0.0, 32.0, 16.0], abs=1e-3)
+    expected = torch.zeros(16, 32, dtype=torch.bool)
+    expected[:, :16] = True
+    assert torch.equal(decode_rle([record["segmentation"]], (16, 32))[0], expected)
+
+    # Many overlapping detections of random logits: the same RLEs as --task instance's decode.
+    torch.manual_seed(0)
+    outputs = {
+        **_hand_outputs(n, classes, chosen=64 + 4 + 1),
+        "cls_logits": torch.randn(1, n, classes),
+        "box_regression": torch.randn(1, n, 4),
+        "mask_coeffs": torch.randn(1, n, 2),
+        "protos": torch.randn(1, 2, 16, 16),
+    }
+    [ours], [theirs] = joint.decode(outputs, batch), single.decode(outputs, batch)
+    assert len(ours["instance"]) == len(theirs["segmentation"]) > 20
+    assert [r["segmentation"] for r in ours["instance"]] == theirs["segmentation"]
+    assert torch.equal(ours["detect"]["bbox"], theirs["bbox"])
+
+
+def test_instance_loss_reads_only_images_whose_objects_have_masks(tiny_coco) -> None:
+    data = make_data(tiny_coco)
+    data.instance_masks = True
+    data.setup("validate")
+    data.datasets["val"].instance_masks = True
+    model = make_model(data, heads=["detect", "instance"])
+    batch = batch_of(data, data.index("val").image_ids[:2])
+    assert all(flags.any() for flags in batch["instance_has_mask"])
+    batch["instance_has_mask"][1][:] = False  # the second image's file has boxes only
+    model.eval()  # running BatchNorm statistics: the two images do not mix
+    images = batch["image"].clone().requires_grad_(True)
+    batch["image"] = images
+    model.head_losses(model.forward_batch(batch), batch)["instance"].backward()
+    assert images.grad[0].abs().sum() > 0
+    assert torch.equal(images.grad[1], torch.zeros_like(images.grad[1]))
+    batch["instance_has_mask"][0][:] = False
+    assert "instance" not in model.head_losses(model.forward_batch(batch), batch)
+    for key in ("instance_masks", "instance_has_mask"):
+        del batch[key]
+    with pytest.raises(ValueError, match="--data.instance_masks true"):
+        model.head_losses(model.forward_batch(batch), batch)
+
+
+def test_joint_instance_head_fits_reports_mask_ap_and_predicts_rle(
+    tiny_coco, data_args, tmp_path, monkeypatch
+) -> None:
+    import csv
+
+    from vision_tasks.cli import predict_main, train_main
+    from vision_tasks.data.coco import CocoIndex, load_results
+
+    monkeypatch.chdir(tmp_path)
+    options = [
+        "--model.heads",
+        "[detect, instance]",
+        "--model.loss_weights",
+        "{detect: 1.0, instance: 1.0}",
+        "--data.instance_masks",
+        "true",
+        *("--data.image_size", "64", "--data.progressive_size", "0", "--data.batch_size", "4"),
+        *("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"),
+        *("--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1"),
+        *("--trainer.enable_progress_bar", "false"),
+    ]
+    run = tmp_path / train_main(["--task", "multitask", *data_args, *options]).trainer.log_dir
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert sum(bool(r.get("train/loss_instance_step")) for r in rows) == 2
+    assert any(r.get("val/instance/mask_AP") for r in rows)
+    report = json.loads((run / "report" / "report.json").read_text())
+    for key in ("instance/mask_AP", "instance/mask_AP50", "detect/AP"):
+        assert 0.0 <= report["headline"][key] <= 1.0
+    metrics = report["metrics"]
+    assert {"instance/mask_AP75", "instance/mask_APs", "instance/box_AP"} <= set(metrics)
+    scored = [metrics["detect/AP"], metrics["instance/mask_AP"]]
+    assert metrics["heads_mean"] == pytest.approx(sum(scored) / 2)
+    assert "instance_per_category_mask_AP" in report["tables"]
+
+    out = tmp_path / "predicted"
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    coco = ["--coco", str(tiny_coco.val_json), "--images", str(tiny_coco.val_images)]
+    predict_main([*coco, "--ckpt", str(checkpoint), "--output", str(out)])
+    records = json.loads((out / "results_instance.json").read_text())
+    index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
+    load_results(index, records)  # COCO.loadRes reads the RLEs
+    boxes = json.loads((out / "results_detect.json").read_text())
+    assert records and [r["bbox"] for r in records] == [r["bbox"] for r in boxes]
+    assert all(r["segmentation"]["size"] == [120, 160] for r in records)
+
+
+def test_instance_checkpoint_compares_by_mask_ap() -> None:
+    from vision_tasks.tasks.multitask.compare import comparison_rows
+
+    joint = {"instance/mask_AP": 0.5, "instance/mask_AP50": 0.9, "detect/AP": 0.7}
+    rows = comparison_rows(joint, {"instance": {"mask_AP": 0.4, "mask_AP50": 0.9, "AP": 0.6}})
+    assert [(r["metric"], r["joint"], r["single_task"]) for r in rows] == [
+        ("mask_AP", 0.5, 0.4),
+        ("mask_AP50", 0.9, 0.9),
+    ]
+    assert rows[0]["relative"] == pytest.approx(0.25) and rows[1]["relative"] == 0.0

@@ -32,6 +32,7 @@ MATCHING = {
     "keypoints": [("AP", "keypoints_gt/AP")],
     "reid": [("rank1", "reid/rank1"), ("mAP", "reid/mAP")],
     "classify": [("top1", "classify/top1")],
+    "instance": [("mask_AP", "instance/mask_AP"), ("mask_AP50", "instance/mask_AP50")],
 }
 
 

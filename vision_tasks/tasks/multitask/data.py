@@ -9,6 +9,9 @@ be mixed in one run, so what each image is labelled with is read from its file:
   a file with boxes of persons only teaches nothing about circles, not "circles are background";
 - masks: the file has masks if any of its non-crowd annotations has a segmentation
   (``has_mask``); an unsegmented annotation in such a file is ignored over its box;
+- instance masks (``instance_masks=True``, for the ``instance`` head): per non-crowd annotation
+  with a segmentation (``instance_has_mask``), rasterised and letterboxed as the instance task
+  does;
 - keypoints and identities: per annotation (visibility 0, ``num_keypoints`` 0, identity
   missing / negative: unlabelled);
 - image label (classify): the image record's ``category_id``, else the category of its only
@@ -31,6 +34,7 @@ from vision_tasks import ops
 from vision_tasks.data.coco import CocoDataError, CocoIndex, Policy, is_integer
 from vision_tasks.data.datamodule import VisionDataModule
 from vision_tasks.data.transforms import colour_shifted, multitask_transforms
+from vision_tasks.tasks.instance.data import instance_masks, letterbox_masks
 from vision_tasks.tasks.keypoints import flip_pairs_from_names, flip_permutation
 from vision_tasks.tasks.reid import ReidDataset
 from vision_tasks.tasks.segment import IGNORE_INDEX, pad_stack, semantic_label_map
@@ -47,6 +51,8 @@ RAGGED = (
     "keypoints_original",
     "boxes_original",
     "is_query",
+    "instance_masks",
+    "instance_has_mask",
 )
 
 
@@ -62,7 +68,10 @@ class MultiTaskDataset(Dataset):
     letterbox ``scale`` / ``pad`` / ``orig_size``; ``colour_shifted``: the augmentation shifted
     its colours (``colour_shift``), so its identities do not train re-ID (an identity is its
     colours: a red shirt turned blue is another person). Evaluation samples add ``mask_original``,
-    ``keypoints_original`` / ``boxes_original`` (COCO pixels) and ``is_query`` (n,).
+    ``keypoints_original`` / ``boxes_original`` (COCO pixels) and ``is_query`` (n,). With
+    ``instance_masks``: ``instance_masks`` (n, S, S) uint8 coverage 0..255 (as
+    :class:`~vision_tasks.tasks.instance.InstanceDataset`'s ``masks``) and ``instance_has_mask``
+    (n,) bool.
     """
 
     def __init__(
@@ -75,8 +84,10 @@ class MultiTaskDataset(Dataset):
         identity_labels: dict[int, int] | None = None,
         identity_field: str = "track_id",
         camera_field: str = "camera_id",
+        instance_masks: bool = False,
     ) -> None:
         self.index, self.image_size, self.train = index, image_size, train
+        self.instance_masks = instance_masks
         self.cat_to_index = {c["id"]: k for k, c in enumerate(categories)}
         unknown = set(index.category_ids) - set(self.cat_to_index)
         if unknown:
@@ -134,6 +145,12 @@ class MultiTaskDataset(Dataset):
             label = np.full((height, width), IGNORE_INDEX, np.uint8)
         mask = ops.letterbox_label_map(label, self.image_size, IGNORE_INDEX)
         instances = self._instances(anns, scale, (pad_x, pad_y))
+        if self.instance_masks:
+            instances["instance_masks"] = letterbox_masks(
+                instance_masks(self.index.coco, anns, height, width), self.image_size
+            )
+            with_mask = [bool(a.get("segmentation")) and not a["iscrowd"] for a in anns]
+            instances["instance_has_mask"] = np.array(with_mask, bool)
         shifted = False
         if self.train:
             tensor, mask, instances, shifted = self._augment(square, mask, instances)
@@ -201,8 +218,18 @@ class MultiTaskDataset(Dataset):
         keypoints = instances["keypoints"]
         # albumentations maps "xy" keypoints with pixel centres on integers (OpenCV).
         points = keypoints[..., :2].reshape(-1, 2) - 0.5
+        extra = {}
+        if "instance_masks" in instances and len(boxes):
+            # Inverted, so the affine's fill (the label map's ignore index, 255) reads as "no
+            # object"; nearest resampling keeps the inversion exact.
+            extra["masks"] = 255 - instances["instance_masks"]
         out = self.transform(
-            image=square, mask=mask, bboxes=boxes[valid], instance=valid, keypoints=points
+            image=square,
+            mask=mask,
+            bboxes=boxes[valid],
+            instance=valid,
+            keypoints=points,
+            **extra,
         )
         moved = keypoints.copy()
         shape = (*keypoints.shape[:2], 2)
@@ -215,6 +242,8 @@ class MultiTaskDataset(Dataset):
         result = {key: value[kept] for key, value in instances.items() if key != "original"}
         result["boxes_xyxy"] = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         result["keypoints"] = moved[kept]
+        if extra:
+            result["instance_masks"] = (255 - np.asarray(out["masks"], np.uint8))[kept]
         return out["image"], out["mask"], result, colour_shifted(out["applied_transforms"])
 
     def _image_label(self, info: dict, anns: list[dict]) -> int:
@@ -277,6 +306,8 @@ class MultiTaskData(VisionDataModule):
             placing keypoints need. 0: always ``image_size``.
         progressive_until: share of the run at ``progressive_size``: of ``--trainer.max_time``
             when the run has one, else of its ``max_epochs`` (whichever is further along).
+        instance_masks: one mask per object in every sample, which the ``instance`` head's
+            loss needs (rasterising them costs time the other heads do not spend).
     """
 
     def __init__(
@@ -301,6 +332,7 @@ class MultiTaskData(VisionDataModule):
         camera_field: str = "camera_id",
         progressive_size: int = 0,
         progressive_until: float = 0.6,
+        instance_masks: bool = False,
     ) -> None:
         jsons = [train_json] if isinstance(train_json, str) else list(train_json or [])
         folders = [train_images] if isinstance(train_images, str) else list(train_images or [])
@@ -336,6 +368,7 @@ class MultiTaskData(VisionDataModule):
         self.colour_shift = colour_shift
         self.keypoint_category, self.flip_pairs = keypoint_category, flip_pairs
         self.identity_field, self.camera_field = identity_field, camera_field
+        self.instance_masks = instance_masks
 
     @cached_property
     def train_indexes(self) -> list[CocoIndex]:
@@ -432,6 +465,7 @@ class MultiTaskData(VisionDataModule):
                 self.identity_labels if train else None,
                 self.identity_field,
                 self.camera_field,
+                self.instance_masks,
             )
 
         if not train or len(self.train_indexes) == 1:

@@ -13,8 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from vision_tasks import ops
+from vision_tasks.data.coco import CocoDataError
 from vision_tasks.tasks.classify import classification_loss
 from vision_tasks.tasks.detect import detection_loss, pad_targets
+from vision_tasks.tasks.instance.masks import prototype_grid_masks
+from vision_tasks.tasks.instance.model import assigned_objects, mask_loss, pad_masks
 from vision_tasks.tasks.keypoints import encode_heatmaps, heatmap_loss
 from vision_tasks.tasks.reid import batch_hard_triplet_loss, identity_loss
 from vision_tasks.tasks.segment import segmentation_loss
@@ -73,11 +76,59 @@ class MultiTaskLosses:
             losses["classify"] = classification_loss(
                 outputs["classify"][rows], batch["image_label"][rows], hp.label_smoothing
             )
+        if "instance" in self.heads:
+            instance = self.instance_loss(outputs, batch)
+            if instance is not None:
+                losses["instance"] = instance
         if outputs.get("keypoints") is not None:
             losses["keypoints"] = self.keypoint_loss(outputs["keypoints"], outputs["truth"])
         if outputs.get("reid") is not None:
             losses["reid"] = self.reid_loss(outputs["reid"], outputs["truth"])
         return losses
+
+    def instance_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> Tensor | None:
+        """The instance task's mask BCE and Dice on detection's positives, over the images
+        with an object mask (None without one): ``mask_loss_weight * bce + mask_dice_weight *
+        dice``."""
+        if "instance_masks" not in batch:
+            raise CocoDataError(
+                "--model.heads has instance, whose loss needs one mask per object: "
+                "add --data.instance_masks true"
+            )
+        pick = [i for i, flags in enumerate(batch["instance_has_mask"]) if flags.any()]
+        if not pick:
+            return None
+        hp = self.hparams
+        targets = pad_targets(
+            [batch["boxes_xyxy"][i] for i in pick],
+            [batch["label"][i] for i in pick],
+            [batch["crowd"][i] for i in pick],
+        )
+        foreground, objects = assigned_objects(
+            outputs["cls_logits"][pick],
+            outputs["box_regression"][pick],
+            outputs["points"],
+            outputs["strides"],
+            targets,
+        )
+        protos = outputs["protos"][pick]
+        h, w = protos.shape[-2:]
+        masks, has_mask = pad_masks(
+            [batch["instance_masks"][i] for i in pick],
+            [batch["instance_has_mask"][i] for i in pick],
+            targets["boxes"].shape[1],
+        )
+        grid = prototype_grid_masks(masks.flatten(0, 1), h, w, self.mask_stride)
+        mask = mask_loss(
+            outputs["mask_coeffs"][pick],
+            protos,
+            foreground,
+            objects,
+            grid.view(*masks.shape[:2], h, w),
+            targets["boxes"] / self.mask_stride,
+            has_mask,
+        )
+        return hp.mask_loss_weight * mask["bce"] + hp.mask_dice_weight * mask["dice"]
 
     def keypoint_loss(self, predicted: dict[str, Tensor], truth: dict[str, Any]) -> Tensor:
         """Single-task heatmap MSE, targets drawn in each box's crop pixels."""

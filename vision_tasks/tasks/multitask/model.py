@@ -2,7 +2,9 @@
 
 Backbone (c2..c5) -> PAN neck over c3..c5. Dense heads read the shared maps: detection
 (``detect.DetectHead`` on the pyramid), segmentation (``segment.SegmentHead`` on the backbone
-dict), image classification (``classify.ClassifyHead`` on c5). Per-box heads read features
+dict), image classification (``classify.ClassifyHead`` on c5), instance masks (the instance
+task's prototype branch on p3 and c2, its coefficient branch on the pyramid: each detection's
+mask is its coefficients times the prototypes, cropped to its box). Per-box heads read features
 cut from the same maps with ``torchvision.ops`` RoI-Align, on ground-truth boxes in training and
 on the detector's boxes at inference (Keypoint R-CNN for keypoints, JDE / FairMOT for
 embeddings):
@@ -39,29 +41,35 @@ from vision_tasks.layers import ConvBNAct, HeatmapHead, PANNeck
 from vision_tasks.tasks.base import BaseTask
 from vision_tasks.tasks.classify import ClassifyHead, classification_metrics
 from vision_tasks.tasks.detect import LEVELS, DetectHead, grid_points, postprocess
+from vision_tasks.tasks.instance.evaluation import CocoMaskMetric
+from vision_tasks.tasks.instance.model import MASK_LEVEL, MaskCoefficientHead, PrototypeBranch
 from vision_tasks.tasks.keypoints import crop_size, keypoint_sigmas
 from vision_tasks.tasks.multitask.losses import MultiTaskLosses
 from vision_tasks.tasks.multitask.outputs import SCORED_METRIC, HeadMetrics, MultiTaskOutputs
 from vision_tasks.tasks.reid import ReidHead
 from vision_tasks.tasks.segment import IGNORE_INDEX, SegmentHead
 
-HEADS = ("classify", "detect", "segment", "keypoints", "reid")
+HEADS = ("classify", "detect", "segment", "keypoints", "reid", "instance")
 KEYPOINT_LEVELS = ("c2", "c3", "c4", "c5")
 PYRAMID = ("p3", "p4", "p5")
 
 
 class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
-    """Shared backbone + neck; any subset of classify / detect / segment / keypoints / reid heads.
+    """Shared backbone + neck; any subset of classify / detect / segment / keypoints / reid /
+    instance heads.
 
     ``best-*.ckpt`` is the epoch with the highest ``val/heads_mean``: the mean of the attached
-    heads' detect AP, segment mIoU, keypoint AP (ground-truth boxes), re-ID mAP, classify top-1.
+    heads' detect AP, segment mIoU, keypoint AP (ground-truth boxes), re-ID mAP, classify top-1,
+    instance mask AP.
 
     Args:
         categories: COCO category records (union of the training files); the keypoint category
             carries ``flip_pairs``. Linked from the data module.
         image_size: letterbox side (a multiple of 32).
         heads: heads to attach, any of ``classify``, ``detect``, ``segment``, ``keypoints``,
-            ``reid``. Keypoint and re-ID heads at inference need ``detect`` for their boxes.
+            ``reid``, ``instance``. Keypoint and re-ID heads at inference need ``detect`` for
+            their boxes; ``instance`` always does (its masks are detect's boxes' masks), and
+            its loss needs the data's ``instance_masks``.
         loss_weights: fixed weight per head (default 1 each); with ``uncertainty`` weighting
             they are unused.
         loss_weighting: ``fixed`` or ``uncertainty`` (learned, Kendall et al. 2018).
@@ -82,6 +90,10 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
             person's outline to the pixel, which the detection-shaped backbone levels lack.
         heatmap_sigma: Gaussian sigma of the heatmap targets, in cells.
         oks_sigmas: per-keypoint OKS sigmas (default: COCO's for 17 keypoints).
+        num_prototypes: the instance head's prototype masks (its coefficients per point).
+        prototype_channels: channels of its prototype branch (at stride 4).
+        mask_loss_weight: weight of the instance mask BCE inside the instance loss.
+        mask_dice_weight: weight of its Dice term (both as ``--task instance``'s).
         reid_roi_size: (h, w) of the RoI-aligned re-ID features.
         reid_channels: width of two 3x3 ConvBNAct on the RoI features before the re-ID head
             (JDE / FairMOT's embedding branch): capacity of the identity features' own, as the
@@ -95,7 +107,7 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         score_threshold: detections kept for COCO evaluation.
         nms_iou: IoU of the class-aware NMS.
         max_detections: detections kept per image.
-        coco_backend: COCOeval of the detection and keypoint AP: ``pycocotools`` (the
+        coco_backend: COCOeval of the detection, keypoint and mask AP: ``pycocotools`` (the
             reference) or ``faster`` (faster-coco-eval, same stats; docs/evaluation.md).
         instance_score_threshold: detections this confident get keypoints and embeddings.
         max_instances: at most this many of them per image.
@@ -128,6 +140,10 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         keypoints_read_segment: bool = True,
         heatmap_sigma: float = 2.0,
         oks_sigmas: list[float] | None = None,
+        num_prototypes: int = 32,
+        prototype_channels: int = 64,
+        mask_loss_weight: float = 2.0,
+        mask_dice_weight: float = 1.0,
         reid_roi_size: tuple[int, int] = (8, 6),
         reid_channels: int = 0,
         embedding_dim: int = 0,
@@ -194,6 +210,15 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         if "classify" in self.heads:
             self.classify_head = ClassifyHead(channels["c5"], len(categories))
             metrics["classify"] = classification_metrics(len(categories))
+        if "instance" in self.heads:
+            self.mask_stride = self.backbone.strides[MASK_LEVEL]
+            self.prototypes = PrototypeBranch(
+                neck_width, channels[MASK_LEVEL], prototype_channels, num_prototypes
+            )
+            self.mask_coefficients = MaskCoefficientHead(neck_width, num_prototypes, len(LEVELS))
+            metrics["instance"] = CocoMaskMetric(
+                len(categories), self.draw_score_threshold, backend=coco_backend
+            )
         # The segmentation decoder's block at c2's stride (stride 4), if it has one.
         self.shared_block = None
         if "segment" in self.heads and keypoints_read_segment:
@@ -236,6 +261,11 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         if not self.heads or unknown or len(set(self.heads)) != len(self.heads):
             raise ValueError(
                 f"--model.heads: expected distinct names among {list(HEADS)}, got {self.heads}"
+            )
+        if "instance" in self.heads and "detect" not in self.heads:
+            raise ValueError(
+                f"--model.heads: instance needs detect (a mask is cut for each detected box), "
+                f"got {self.heads}"
             )
         if not categories:
             raise ValueError("MultiTaskTask needs categories (linked from the data module)")
@@ -292,7 +322,8 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
             with ``detect``: ``cls_logits`` (B, N, C), ``box_regression`` (B, N, 4),
             ``points`` (N, 2), ``strides`` (N, 1); ``segment``: (B, C + 1, S, S) logits (and
             ``segment_c2``, its decoder's stride-4 block, when the keypoint head reads it);
-            ``classify``: (B, C) logits; ``keypoints``: ``heatmaps`` (R, K, h/4, w/4) and
+            ``classify``: (B, C) logits; ``instance``: ``mask_coeffs`` (B, N, k) and ``protos``
+            (B, k, S/4, S/4); ``keypoints``: ``heatmaps`` (R, K, h/4, w/4) and
             ``regions`` (R, 4) crop regions, ``image_index`` (R,); ``reid``: ``features``,
             ``embedding`` (unit norm), ``logits`` (or None), each (M, ...), ``image_index``
             (M,). Per-box outputs are None where no box was given.
@@ -318,6 +349,9 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
             out["segment"] = logits
         if "classify" in self.heads:
             out["classify"] = self.classify_head(features["c5"])
+        if "instance" in self.heads:
+            out["mask_coeffs"] = self.mask_coefficients(pyramid)
+            out["protos"] = self.prototypes(pyramid[0], features[MASK_LEVEL])
         if keypoint_boxes is None and reid_boxes is None:
             if not self.training and "detect" in self.heads:
                 out["on_detections"] = self.on_detections(out, images.shape[-1])

@@ -2,8 +2,10 @@
 
 Every head is scored with its single-task metric: COCOeval bbox, mIoU at the original
 resolution, COCOeval keypoints on ground-truth boxes and on detected ones, CMC / mAP of the
-ground-truth boxes' embeddings. A mixin of :class:`~vision_tasks.tasks.multitask.MultiTaskTask`
-(kept apart so each file reads at once); it uses the model's heads, hyper-parameters and maps.
+ground-truth boxes' embeddings, COCOeval segm of the detections' masks (pasted back and
+RLE-encoded by the instance task's functions). A mixin of
+:class:`~vision_tasks.tasks.multitask.MultiTaskTask` (kept apart so each file reads at once); it
+uses the model's heads, hyper-parameters and maps.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.utils import draw_bounding_boxes, draw_keypoints
+from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
 from vision_tasks import ops
 from vision_tasks.evaluation.coco_eval import results_from_predictions
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.tasks.base import letterbox_numbers, letterbox_sample, samples_figure
+from vision_tasks.tasks.instance.evaluation import decode_rle, encode_masks
+from vision_tasks.tasks.instance.masks import mask_logits, paste_masks
+from vision_tasks.tasks.instance.model import postprocess_with_points
 from vision_tasks.tasks.keypoints import decode_heatmaps, instance_scores
-from vision_tasks.tasks.segment import class_map, label_map_results, overlay
+from vision_tasks.tasks.segment import PALETTE, class_map, label_map_results, overlay
 
 HEADLINE = {
     "detect": ("AP", "AP50"),
@@ -31,6 +36,7 @@ HEADLINE = {
     "keypoints_detected": ("AP",),
     "reid": ("rank1", "mAP"),
     "classify": ("top1",),
+    "instance": ("mask_AP", "mask_AP50"),
 }
 
 
@@ -43,6 +49,7 @@ SCORED_METRIC = {
     "keypoints": "keypoints_gt/AP",
     "reid": "reid/mAP",
     "classify": "classify/top1",
+    "instance": "instance/mask_AP",
 }
 
 
@@ -88,7 +95,7 @@ class MultiTaskOutputs:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return
-        for name in ("detect", "keypoints_gt", "keypoints_detected"):
+        for name in ("detect", "instance", "keypoints_gt", "keypoints_detected"):
             if name in metric:
                 metric[name].index = datamodule.index(split)
         if "keypoints_detected" in metric:
@@ -116,7 +123,11 @@ class MultiTaskOutputs:
                         score=p["score"][keep],
                         category_id=p["category_id"][keep],
                     )
+                    if "segmentation" in p:
+                        p["segmentation"] = [s for s, k in zip(p["segmentation"], keep) if k]
             metric["detect"].update(predictions, batch["image_id"])
+            if "instance" in metric:
+                metric["instance"].update(predictions, batch["image_id"])
         if "segment" in metric:
             for i in range(len(batch["image_id"])):
                 if not bool(batch["has_mask"][i]):
@@ -203,19 +214,53 @@ class MultiTaskOutputs:
 
     # ---- decoding -------------------------------------------------------------------------------
     def decode_detections(self, outputs: dict[str, Any], batch: dict) -> list[dict[str, Any]]:
-        """Per image: ``bbox`` (K, 4) COCO xywh in original pixels, ``score``, ``category_id``."""
+        """Per image: ``bbox`` (K, 4) COCO xywh in original pixels, ``score``, ``category_id``;
+        with the instance head also ``segmentation``, one COCO RLE per detection (the
+        detection's mask pasted into the original image, see :meth:`paste_instance_masks`)."""
         hp = self.hparams
-        detections = self.detect(outputs, hp.score_threshold, hp.max_detections)
+        if "instance" in self.heads:  # the same detections, with the point each came from
+            detections = postprocess_with_points(
+                outputs["cls_logits"],
+                outputs["box_regression"],
+                outputs["points"],
+                outputs["strides"],
+                score_threshold=hp.score_threshold,
+                iou_threshold=hp.nms_iou,
+                max_detections=hp.max_detections,
+            )
+        else:
+            detections = self.detect(outputs, hp.score_threshold, hp.max_detections)
         ids = torch.tensor([c["id"] for c in self.categories])
-        return [
-            {
+        predictions = []
+        for i, (boxes, scores, labels, *point) in enumerate(detections):
+            prediction = {
                 "image_id": int(batch["image_id"][i]),
                 "bbox": self._to_original_boxes(boxes, batch, i),
                 "score": scores.float().cpu(),
                 "category_id": ids[labels.cpu()],
             }
-            for i, (boxes, scores, labels) in enumerate(detections)
-        ]
+            if point:
+                masks = self.paste_instance_masks(outputs, batch, i, point[0], prediction["bbox"])
+                prediction["segmentation"] = encode_masks(masks.cpu())
+            predictions.append(prediction)
+        return predictions
+
+    def paste_instance_masks(
+        self, outputs: dict[str, Any], batch: dict, i: int, point: Tensor, bbox: Tensor
+    ) -> Tensor:
+        """(K, H0, W0) bool masks of image ``i``'s detections in its original pixels.
+
+        Args:
+            outputs: the forward's ``mask_coeffs`` (B, N, k) and ``protos`` (B, k, S/4, S/4).
+            batch: the letterbox numbers (``scale``, ``pad``, ``orig_size``).
+            i: the image's position in the batch.
+            point: (K,) the grid point each detection came from.
+            bbox: (K, 4) the detections' COCO xywh boxes in original pixels (the crops).
+        """
+        logits = mask_logits(outputs["mask_coeffs"][i, point], outputs["protos"][i])
+        scale, pad_x, pad_y, size = letterbox_numbers(batch, i)
+        boxes = ops.xywh_to_xyxy(bbox)
+        return paste_masks(logits, boxes, scale, (pad_x, pad_y), size, self.mask_stride)
 
     def _to_original_boxes(self, boxes: Tensor, batch: dict[str, Any], i: int) -> Tensor:
         scale, pad_x, pad_y, size = letterbox_numbers(batch, i)
@@ -228,7 +273,8 @@ class MultiTaskOutputs:
         ``segment`` (RLE records) and ``label_map`` (H0, W0) uint8; ``keypoints`` (records,
         detected persons); ``reid`` (records of the confident detections with their
         ``embedding`` and ``identity``: the most likely training identity, -1 without a
-        classifier); ``classify`` (one record).
+        classifier); ``classify`` (one record); ``instance`` (the detections' records, each
+        with an RLE ``segmentation``).
         """
         count = len(batch["image_id"])
         results: list[dict[str, Any]] = [
@@ -237,6 +283,11 @@ class MultiTaskOutputs:
         if "detect" in self.heads:
             for result, det in zip(results, self.decode_detections(outputs, batch)):
                 result["detect"] = {k: det[k] for k in ("bbox", "score", "category_id")}
+                if "segmentation" in det:
+                    records = results_from_predictions([det])
+                    for record, rle in zip(records, det["segmentation"], strict=True):
+                        record["segmentation"] = rle
+                    result["instance"] = records
         if "segment" in self.heads:
             for i, result in enumerate(results):
                 label = self._original_label_map(outputs["segment"][i], batch, i)
@@ -326,6 +377,17 @@ class MultiTaskOutputs:
             image = overlay(image, prediction["label_map"])
         drawn = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         name_of = {c["id"]: c["name"] for c in self.categories}
+        masked = [
+            r for r in prediction.get("instance", []) if r["score"] >= self.draw_score_threshold
+        ]
+        if masked:
+            colour_of = {
+                c["id"]: tuple(int(v) for v in PALETTE[k + 1])
+                for k, c in enumerate(self.categories)
+            }
+            masks = decode_rle([r["segmentation"] for r in masked], image.shape[:2])
+            colours = [colour_of[r["category_id"]] for r in masked]
+            drawn = draw_segmentation_masks(drawn, masks, alpha=0.5, colors=colours)
         instances = prediction.get("reid") or []
         if not instances and "detect" in prediction:
             det = prediction["detect"]
@@ -408,6 +470,8 @@ class MultiTaskOutputs:
                     {"series": result.pr_curves, "xlabel": "recall", "ylabel": "precision"},
                 )
             )
+        if "instance/segm" in values:
+            tables["instance_per_category_mask_AP"] = values["instance/segm"].per_category
         if "segment/iou" in values:
             names = ["background", *self.class_names]
             tables["segment_per_class"] = [
