@@ -714,7 +714,7 @@ def test_instance_loss_reads_only_images_whose_objects_have_masks(tiny_coco) -> 
     assert "instance" not in model.head_losses(model.forward_batch(batch), batch)
     for key in ("instance_masks", "instance_has_mask"):
         del batch[key]
-    with pytest.raises(ValueError, match="--data.instance_masks true"):
+    with pytest.raises(ValueError, match="instance_masks=True"):
         model.head_losses(model.forward_batch(batch), batch)
 
 
@@ -732,14 +732,14 @@ def test_joint_instance_head_fits_reports_mask_ap_and_predicts_rle(
         "[detect, instance]",
         "--model.loss_weights",
         "{detect: 1.0, instance: 1.0}",
-        "--data.instance_masks",
-        "true",
         *("--data.image_size", "64", "--data.progressive_size", "0", "--data.batch_size", "4"),
         *("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"),
         *("--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1"),
         *("--trainer.enable_progress_bar", "false"),
     ]
-    run = tmp_path / train_main(["--task", "multitask", *data_args, *options]).trainer.log_dir
+    cli = train_main(["--task", "multitask", *data_args, *options])
+    assert cli.datamodule.instance_masks  # --model.heads alone turns the masks on
+    run = tmp_path / cli.trainer.log_dir
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert sum(bool(r.get("train/loss_instance_step")) for r in rows) == 2
     assert any(r.get("val/instance/mask_AP") for r in rows)

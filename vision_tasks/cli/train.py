@@ -14,6 +14,7 @@ by :mod:`vision_tasks.console`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import shutil
 import sys
@@ -118,6 +119,10 @@ class VisionCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size")
         for model_arg, data_attr in linked_from_data(self.model_class).items():
             parser.link_arguments(f"data.{data_attr}", f"model.{model_arg}", apply_on="instantiate")
+        if _takes(self.model_class, "heads") and _takes(self.datamodule_class, "instance_masks"):
+            # The joint model's data cannot see its heads: the instance head's masks would be a
+            # second option a user has to remember, so --model.heads decides them.
+            parser.link_arguments("model.heads", "data.instance_masks", compute_fn=_has_instance)
 
     def before_instantiate_classes(self) -> None:
         """Claim the run folder now that the command line parsed (not for ``fast_dev_run``,
@@ -150,6 +155,16 @@ class VisionCLI(LightningCLI):
             )
         if trainer.is_global_zero:
             print_summary(self.model, best or "(none)")
+
+
+def _takes(cls: type, name: str) -> bool:
+    """Whether ``cls.__init__`` has a parameter ``name``."""
+    return name in inspect.signature(cls.__init__).parameters
+
+
+def _has_instance(heads: list[str] | None) -> bool:
+    """Whether the joint model's heads include ``instance`` (its data then carries masks)."""
+    return "instance" in (heads or [])
 
 
 def linked_from_data(model_class: type) -> dict[str, str]:

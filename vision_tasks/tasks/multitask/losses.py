@@ -92,8 +92,8 @@ class MultiTaskLosses:
         dice``."""
         if "instance_masks" not in batch:
             raise CocoDataError(
-                "--model.heads has instance, whose loss needs one mask per object: "
-                "add --data.instance_masks true"
+                "the instance head's loss needs one mask per object: build the data with "
+                "instance_masks=True (the command line does when --model.heads lists instance)"
             )
         pick = [i for i, flags in enumerate(batch["instance_has_mask"]) if flags.any()]
         if not pick:
