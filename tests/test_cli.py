@@ -297,6 +297,22 @@ def test_a_run_failing_after_its_loggers_started_removes_its_folder(
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_option_a_constructor_refuses_is_one_line_and_leaves_no_run_folder(
+    tiny_coco, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--task", "multitask", "--model.heads", "[instance]"]
+    argv += ["--model.loss_weights", "{instance: 1.0}", "--data.num_workers", "0"]
+    argv += ["--data.train_json", str(tiny_coco.train_json)]
+    argv += ["--data.train_images", str(tiny_coco.train_images)]
+    with pytest.raises(SystemExit) as exit_:
+        train_main(argv)
+    message = str(exit_.value.code)
+    assert message.startswith("error: ") and "instance needs detect" in message
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_run_folder_is_removed_only_while_it_holds_nothing_but_startup_files(
     tmp_path, monkeypatch
 ) -> None:

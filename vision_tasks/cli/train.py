@@ -131,6 +131,20 @@ class VisionCLI(LightningCLI):
         if self.run is not None and not trainer.fast_dev_run:
             self.run.claim(trainer.logger)
 
+    def instantiate_classes(self) -> None:
+        """Build data, model and trainer; an option the constructors refuse is one line.
+
+        The task and data constructors check their arguments with ``ValueError`` (a patch
+        larger than the image, ``instance`` without ``detect``): the message names the option,
+        and a traceback through jsonargparse adds nothing for the user.
+        """
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            if os.environ.get("VISION_TASKS_DEBUG"):
+                raise
+            raise SystemExit(f"error: {error} (VISION_TASKS_DEBUG=1 shows where)") from None
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The trainer, with :class:`HeadlineProgressBar` unless the bar is off or chosen."""
         config = self.config_init[self.subcommand].trainer
