@@ -48,7 +48,7 @@ def test_assigner_picks_best_aligned_points_inside_the_box() -> None:
     pred[0] = torch.tensor(gt[0])  # point (4, 4) predicts the box exactly
     pred[5] = torch.tensor([2.0, 2, 16, 16])  # point (12, 12) nearly
     scores = torch.full((1, 16, 2), 0.5)
-    fg, boxes, target_scores = task_aligned_assign(
+    fg, boxes, target_scores, _ = task_aligned_assign(
         scores, pred[None], points, _targets([gt], [[1]]), top_k=2
     )
     assert fg[0].nonzero().flatten().tolist() == [0, 5]
@@ -64,7 +64,9 @@ def test_point_claimed_by_two_objects_goes_to_the_one_it_overlaps_most() -> None
     gt = [[0.0, 0.0, 20.0, 20.0], [5.0, 5.0, 40.0, 40.0]]
     pred = torch.tensor([[[5.0, 5.0, 38.0, 38.0]]])
     scores = torch.full((1, 1, 2), 0.5)
-    fg, boxes, target_scores = task_aligned_assign(scores, pred, points, _targets([gt], [[0, 1]]))
+    fg, boxes, target_scores, _ = task_aligned_assign(
+        scores, pred, points, _targets([gt], [[0, 1]])
+    )
     assert fg.item() and boxes[0, 0].tolist() == gt[1] and target_scores[0, 0, 1] > 0
 
 
@@ -73,7 +75,7 @@ def test_crowd_boxes_are_never_positive_and_ignored_by_class_loss() -> None:
     targets = _targets([[[0.0, 0.0, 32.0, 32.0]]], [[0]], crowd=[[True]])
     regression = torch.zeros(1, 16, 4)
     scores = torch.full((1, 16, 2), 0.9)
-    fg, _, _ = task_aligned_assign(
+    fg, _, _, _ = task_aligned_assign(
         scores, decode_boxes(points, strides, regression), points, targets
     )
     assert not fg.any()

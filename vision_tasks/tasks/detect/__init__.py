@@ -15,6 +15,8 @@ loss), ``postprocess.py`` (NMS), ``data.py`` (dataset view, collate, data module
 from vision_tasks.tasks.detect.data import DetectData, DetectDataset, collate_detection
 from vision_tasks.tasks.detect.head import LEVELS, DetectHead, decode_boxes, grid_points
 from vision_tasks.tasks.detect.loss import (
+    Assignment,
+    assign_points,
     detection_loss,
     pad_targets,
     points_inside,
@@ -25,10 +27,12 @@ from vision_tasks.tasks.detect.postprocess import postprocess
 
 __all__ = [
     "LEVELS",
+    "Assignment",
     "DetectData",
     "DetectDataset",
     "DetectHead",
     "DetectTask",
+    "assign_points",
     "collate_detection",
     "decode_boxes",
     "detection_loss",

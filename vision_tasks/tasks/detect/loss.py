@@ -4,6 +4,8 @@ YOLOv8) and BCE on IoU-aware class targets + CIoU on the assigned points.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,6 +45,15 @@ def points_inside(points: Tensor, boxes: Tensor) -> Tensor:
     )
 
 
+class Assignment(NamedTuple):
+    """The assigner's answer for every grid point of a batch."""
+
+    foreground: Tensor  # (B, N) bool: the point is trained as some object's positive
+    target_boxes: Tensor  # (B, N, 4) xyxy box of that object
+    target_scores: Tensor  # (B, N, C) IoU-aware class targets (zero for background)
+    object_index: Tensor  # (B, N) long: which of the targets' M objects (where foreground)
+
+
 @torch.no_grad()
 def task_aligned_assign(
     scores: Tensor,
@@ -52,7 +63,7 @@ def task_aligned_assign(
     top_k: int = 10,
     alpha: float = 1.0,
     beta: float = 6.0,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> Assignment:
     """Task-aligned assignment (TOOD / YOLOv8).
 
     Args:
@@ -62,8 +73,9 @@ def task_aligned_assign(
         targets: from :func:`pad_targets`.
 
     Returns:
-        ``foreground`` (B, N) bool, ``target_boxes`` (B, N, 4), ``target_scores`` (B, N, C):
-        IoU-aware class targets, the alignment normalised per object to its best IoU.
+        An :class:`Assignment`; the class targets are the alignment normalised per object to
+        its best IoU, and ``object_index`` lets a mask or keypoint loss train the same positives
+        on the same objects without running the assigner again.
     """
     gt_boxes, gt_labels, valid = targets["boxes"], targets["labels"], targets["valid"]
     batch, num_objects = gt_labels.shape
@@ -93,7 +105,20 @@ def task_aligned_assign(
     target_boxes = gt_boxes.gather(1, assigned.unsqueeze(-1).expand(-1, -1, 4))
     target_scores = F.one_hot(target_labels, scores.shape[-1]).to(scores.dtype)
     target_scores = target_scores * (quality * foreground).unsqueeze(-1)
-    return foreground, target_boxes, target_scores
+    return Assignment(foreground, target_boxes, target_scores, assigned)
+
+
+def assign_points(
+    cls_logits: Tensor,
+    box_regression: Tensor,
+    points: Tensor,
+    strides: Tensor,
+    targets: dict[str, Tensor],
+    top_k: int = 10,
+) -> Assignment:
+    """The head's raw outputs -> :func:`task_aligned_assign` on its decoded boxes and scores."""
+    pred_boxes = decode_boxes(points, strides, box_regression.detach())
+    return task_aligned_assign(cls_logits.detach().sigmoid(), pred_boxes, points, targets, top_k)
 
 
 def detection_loss(
@@ -106,6 +131,7 @@ def detection_loss(
     box_weight: float = 5.0,
     cls_weight: float = 1.0,
     class_mask: Tensor | None = None,
+    assignment: Assignment | None = None,
 ) -> dict[str, Tensor]:
     """BCE on IoU-aware class targets + CIoU box loss on the assigned points.
 
@@ -114,11 +140,13 @@ def detection_loss(
     ``class_mask`` (B, C) bool, if given, marks the classes annotated in each image: the others
     are ignored by the class loss too (an image from a file that boxes only persons says nothing
     about circles, so a circle in it must not be trained as background).
+    ``assignment``, if given, is :func:`assign_points`' answer for these outputs, computed once
+    by a caller that trains more than boxes on the same positives (instance masks).
     """
     pred_boxes = decode_boxes(points, strides, box_regression)
-    foreground, target_boxes, target_scores = task_aligned_assign(
-        cls_logits.detach().sigmoid(), pred_boxes.detach(), points, targets, top_k
-    )
+    if assignment is None:
+        assignment = assign_points(cls_logits, box_regression, points, strides, targets, top_k)
+    foreground, target_boxes, target_scores, _ = assignment
     normaliser = target_scores.sum().clamp_min(1.0)
     in_crowd = (points_inside(points, targets["boxes"]) & targets["crowd"].unsqueeze(-1)).any(1)
     keep = (~(in_crowd & ~foreground)).unsqueeze(-1).to(cls_logits.dtype)

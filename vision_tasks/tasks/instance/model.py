@@ -34,10 +34,11 @@ from vision_tasks.tasks.base import letterbox_numbers, samples_figure
 from vision_tasks.tasks.detect import (
     LEVELS,
     DetectTask,
+    assign_points,
     decode_boxes,
+    detection_loss,
     pad_targets,
     postprocess,
-    task_aligned_assign,
 )
 from vision_tasks.tasks.instance.evaluation import CocoMaskMetric, decode_rle, encode_masks
 from vision_tasks.tasks.instance.masks import (
@@ -100,34 +101,6 @@ class MaskCoefficientHead(nn.Module):
 # ---- assignment and loss ------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def assigned_objects(
-    cls_logits: Tensor,
-    box_regression: Tensor,
-    points: Tensor,
-    strides: Tensor,
-    targets: dict[str, Tensor],
-    top_k: int = 10,
-) -> tuple[Tensor, Tensor]:
-    """Detection's task-aligned positives and the object each one was given.
-
-    Called as :func:`~vision_tasks.tasks.detect.detection_loss` calls the assigner, so the
-    points trained for masks are those trained for boxes. The assigner gives each positive its
-    object's box; the object is the first valid one with exactly that box (identical boxes have
-    identical IoUs, and the assigner's arg-max also takes the first).
-
-    Returns:
-        ``foreground`` (B, N) bool and ``object_index`` (B, N) into the targets' M objects.
-    """
-    pred_boxes = decode_boxes(points, strides, box_regression)
-    foreground, target_boxes, _ = task_aligned_assign(
-        cls_logits.detach().sigmoid(), pred_boxes.detach(), points, targets, top_k
-    )
-    same = (target_boxes.unsqueeze(2) == targets["boxes"].unsqueeze(1)).all(-1)
-    same = same & targets["valid"].unsqueeze(1)
-    return foreground & same.any(-1), same.to(torch.uint8).argmax(-1)
-
-
 def mask_loss(
     mask_coeffs: Tensor,
     protos: Tensor,
@@ -142,7 +115,7 @@ def mask_loss(
     Args:
         mask_coeffs: (B, N, k) coefficients per point.
         protos: (B, k, h, w) prototypes.
-        foreground: (B, N) positives (from :func:`assigned_objects`).
+        foreground: (B, N) positives (detection's :class:`~vision_tasks.tasks.detect.Assignment`).
         object_index: (B, N) each positive's object.
         masks: (B, M, h, w) target fractions 0..1 on the prototype grid.
         boxes: (B, M, 4) object boxes in prototype pixels (the crop).
@@ -316,17 +289,20 @@ class InstanceTask(DetectTask):
         }
 
     def compute_loss(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Detection's losses plus the mask BCE and Dice on its positives."""
-        losses = super().compute_loss(outputs, batch)
+        """Detection's losses plus the mask BCE and Dice on the same positives: the assigner
+        runs once, and its object index says which object's mask each positive learns."""
         hp = self.hparams
         targets = pad_targets(batch["boxes_xyxy"], batch["label"], batch["crowd"])
-        foreground, objects = assigned_objects(
-            outputs["cls_logits"],
-            outputs["box_regression"],
-            outputs["points"],
+        head = (outputs["cls_logits"], outputs["box_regression"], outputs["points"])
+        assignment = assign_points(*head, outputs["strides"], targets, hp.assign_top_k)
+        losses = detection_loss(
+            *head,
             outputs["strides"],
             targets,
             hp.assign_top_k,
+            hp.box_loss_weight,
+            hp.cls_loss_weight,
+            assignment=assignment,
         )
         protos = outputs["protos"]
         h, w = protos.shape[-2:]
@@ -335,8 +311,8 @@ class InstanceTask(DetectTask):
         mask = mask_loss(
             outputs["mask_coeffs"],
             protos,
-            foreground,
-            objects,
+            assignment.foreground,
+            assignment.object_index,
             grid_masks.view(*masks.shape[:2], h, w),
             targets["boxes"] / self.mask_stride,
             has_mask,

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from vision_tasks import ops
 from vision_tasks.data.coco import CocoDataError
 from vision_tasks.tasks.classify import classification_loss
-from vision_tasks.tasks.detect import detection_loss, pad_targets
+from vision_tasks.tasks.detect import Assignment, assign_points, detection_loss, pad_targets
 from vision_tasks.tasks.instance.masks import prototype_grid_masks
-from vision_tasks.tasks.instance.model import assigned_objects, mask_loss, pad_masks
+from vision_tasks.tasks.instance.model import mask_loss, pad_masks
 from vision_tasks.tasks.keypoints import encode_heatmaps, heatmap_loss
 from vision_tasks.tasks.reid import batch_hard_triplet_loss, identity_loss
 from vision_tasks.tasks.segment import segmentation_loss
@@ -49,6 +49,7 @@ class MultiTaskLosses:
     def head_losses(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Each head's loss over the samples / instances labelled for it; absent when none is."""
         hp, losses = self.hparams, {}
+        detect_assignment: tuple[list[int], Assignment] | None = None
         if "detect" in self.heads:
             rows = batch["class_mask"].any(dim=1)
             if rows.any():
@@ -58,13 +59,16 @@ class MultiTaskLosses:
                     [batch["label"][i] for i in pick],
                     [batch["crowd"][i] for i in pick],
                 )
+                head = (outputs["cls_logits"][rows], outputs["box_regression"][rows])
+                assignment = assign_points(*head, outputs["points"], outputs["strides"], targets)
+                detect_assignment = (pick, assignment)
                 losses["detect"] = detection_loss(
-                    outputs["cls_logits"][rows],
-                    outputs["box_regression"][rows],
+                    *head,
                     outputs["points"],
                     outputs["strides"],
                     targets,
                     class_mask=batch["class_mask"][rows],
+                    assignment=assignment,
                 )["loss"]
         if "segment" in self.heads and batch["has_mask"].any():
             rows = batch["has_mask"]
@@ -77,7 +81,7 @@ class MultiTaskLosses:
                 outputs["classify"][rows], batch["image_label"][rows], hp.label_smoothing
             )
         if "instance" in self.heads:
-            instance = self.instance_loss(outputs, batch)
+            instance = self.instance_loss(outputs, batch, detect_assignment)
             if instance is not None:
                 losses["instance"] = instance
         if outputs.get("keypoints") is not None:
@@ -86,10 +90,16 @@ class MultiTaskLosses:
             losses["reid"] = self.reid_loss(outputs["reid"], outputs["truth"])
         return losses
 
-    def instance_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> Tensor | None:
+    def instance_loss(
+        self,
+        outputs: dict[str, Any],
+        batch: dict[str, Any],
+        detect_assignment: tuple[list[int], Assignment] | None = None,
+    ) -> Tensor | None:
         """The instance task's mask BCE and Dice on detection's positives, over the images
         with an object mask (None without one): ``mask_loss_weight * bce + mask_dice_weight *
-        dice``."""
+        dice``. ``detect_assignment`` (the detect loss's rows and assignment) is reused when it
+        covers those images, so both losses train the same positives from one assigner run."""
         if "instance_masks" not in batch:
             raise CocoDataError(
                 "the instance head's loss needs one mask per object: build the data with "
@@ -104,13 +114,17 @@ class MultiTaskLosses:
             [batch["label"][i] for i in pick],
             [batch["crowd"][i] for i in pick],
         )
-        foreground, objects = assigned_objects(
-            outputs["cls_logits"][pick],
-            outputs["box_regression"][pick],
-            outputs["points"],
-            outputs["strides"],
-            targets,
-        )
+        detect_rows, assignment = detect_assignment or ([], None)
+        if assignment is not None and set(pick) <= set(detect_rows):
+            at = torch.tensor(
+                [detect_rows.index(i) for i in pick], device=assignment.foreground.device
+            )
+            foreground, objects = assignment.foreground[at], assignment.object_index[at]
+        else:
+            head = (outputs["cls_logits"][pick], outputs["box_regression"][pick])
+            foreground, _, _, objects = assign_points(
+                *head, outputs["points"], outputs["strides"], targets
+            )
         protos = outputs["protos"][pick]
         h, w = protos.shape[-2:]
         masks, has_mask = pad_masks(
