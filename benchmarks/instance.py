@@ -45,7 +45,8 @@ DOC = ROOT / "docs" / "instance.md"
 TABLE_START, TABLE_END = "<!-- instance table -->", "<!-- end of instance table -->"
 MASK_AP_TARGET = 0.6
 BOX_AP_SHARE = 0.95  # the instance model's box AP against detect's at the same budget
-SAME_PRECISION = ["--trainer.precision", "bf16-mixed"]  # as configs/instance.yaml trains
+# As vision_tasks/configs/instance.yaml trains.
+SAME_PRECISION = ["--trainer.precision", "bf16-mixed"]
 
 
 def jobs(minutes: float, instance_args: list[str]) -> list[Job]:

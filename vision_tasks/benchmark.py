@@ -35,10 +35,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from vision_tasks.configs import CONFIG_DIR
 from vision_tasks.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results.json"
 
 

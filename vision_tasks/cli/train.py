@@ -1,14 +1,14 @@
 """``train``: LightningCLI over the task registry, run folders, and a fit that ends in a report.
 
-``--task NAME`` picks the model and data classes from ``TASKS``; ``configs/trainer.yaml``
-and ``configs/NAME.yaml`` are the parser's default config files, so ``--help`` and
-``--print_config`` show their values, a further ``--config`` overrides them and the command line
-overrides both (``--model.lr 0.01``, ``--data.train_json my.json``). A fit ends with a test on the
-test split (the validation split unless ``--data.test_json`` is given) that writes the report
-into ``<run>/report/``. The run folder ``runs/NAME/<time stamp>`` is claimed once the command
-line parsed, so ``--help`` or a typo leaves none behind, and a run that fails before it logged
-anything removes its own. What the run prints (filters, the bar, one line per epoch) is shaped
-by :mod:`vision_tasks.console`.
+``--task NAME`` picks the model and data classes from ``TASKS``; ``trainer.yaml`` and
+``NAME.yaml`` of :mod:`vision_tasks.configs` are the parser's default config files, so
+``--help`` and ``--print_config`` show their values, a further ``--config`` overrides them and
+the command line overrides both (``--model.lr 0.01``, ``--data.train_json my.json``). A fit
+ends with a test on the test split (the validation split unless ``--data.test_json`` is given)
+that writes the report into ``<run>/report/``. The run folder ``runs/NAME/<time stamp>`` is
+claimed once the command line parsed, so ``--help`` or a typo leaves none behind, and a run that
+fails before it logged anything removes its own. What the run prints (filters, the bar, one line
+per epoch) is shaped by :mod:`vision_tasks.console`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vision_tasks.checkpoint import check_task, read_checkpoint
+from vision_tasks.configs import CONFIG_DIR
 from vision_tasks.console import (
     EpochSummary,
     HeadlineProgressBar,
@@ -39,7 +40,6 @@ from vision_tasks.console import (
 )
 from vision_tasks.tasks import TASKS
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
 # What loggers write into a run folder as it starts; a failed run holding only these is removed.
@@ -267,7 +267,7 @@ def _new_version(task: str) -> str:
 
 TRAIN_USAGE = (
     "usage: {prog} --task {{{tasks}}} [fit|validate|test|predict] [--config FILE] [options]\n"
-    "  --task NAME --help lists every option with the values of configs/NAME.yaml"
+    "  --task NAME --help lists every option with the values of vision_tasks/configs/NAME.yaml"
 )
 
 
