@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from vision_tasks.data import synthetic
 from vision_tasks.data.synthetic import (
     SYNTHETIC_VERSION,
     SyntheticPaths,
     default_cache_dir,
+    files,
     generate,
     synthetic_dataset,
 )
@@ -155,7 +155,7 @@ def test_identities_and_cameras(dataset: SyntheticPaths) -> None:
         assert all(len(c) == 1 for c in categories.values())  # an identity is one kind of thing
         ids.append(cameras)
     train, val = ids
-    assert len(train) == sum(synthetic._TRAIN_POOL.values())  # every train identity appears
+    assert len(train) == sum(files._TRAIN_POOL.values())  # every train identity appears
     assert not set(train) & set(val)
     assert min(len(c) for c in train.values()) >= 2
 
@@ -167,7 +167,7 @@ def test_cache_generates_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         calls.append(args)
         return generate(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "generate", counting_generate)
+    monkeypatch.setattr(files, "generate", counting_generate)
     first = synthetic_dataset(seed=1, cache_dir=tmp_path, **TINY)
     second = synthetic_dataset(seed=1, cache_dir=tmp_path, **TINY)
     assert first == second and len(calls) == 1
@@ -183,7 +183,7 @@ def test_cache_loses_a_race_gracefully(tmp_path: Path, monkeypatch: pytest.Monke
         generate(final, *args)  # another process finishes first
         return generate(out_dir, *args)
 
-    monkeypatch.setattr(synthetic, "generate", racing_generate)
+    monkeypatch.setattr(files, "generate", racing_generate)
     assert synthetic_dataset(seed=2, cache_dir=tmp_path, **TINY).root == final
     assert [p.name for p in tmp_path.iterdir()] == [final.name]
 
@@ -193,7 +193,7 @@ def test_cache_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pytest.Mon
         (Path(out_dir) / "train").mkdir(parents=True)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "generate", failing_generate)
+    monkeypatch.setattr(files, "generate", failing_generate)
     with pytest.raises(KeyboardInterrupt):
         synthetic_dataset(cache_dir=tmp_path, **TINY)
     assert list(tmp_path.iterdir()) == []
