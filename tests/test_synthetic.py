@@ -17,6 +17,7 @@ from vision_tasks.data.synthetic import (
     default_cache_dir,
     files,
     generate,
+    identities,
     synthetic_dataset,
 )
 
@@ -155,7 +156,7 @@ def test_identities_and_cameras(dataset: SyntheticPaths) -> None:
         assert all(len(c) == 1 for c in categories.values())  # an identity is one kind of thing
         ids.append(cameras)
     train, val = ids
-    assert len(train) == sum(files._TRAIN_POOL.values())  # every train identity appears
+    assert len(train) == sum(identities._TRAIN_POOL.values())  # every train identity appears
     assert not set(train) & set(val)
     assert min(len(c) for c in train.values()) >= 2
 
