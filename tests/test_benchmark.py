@@ -9,7 +9,7 @@ import torch
 
 from vision_tasks import benchmark
 from vision_tasks.backbone import Backbone
-from vision_tasks.benchmark import fuse_conv_bn, merge_results
+from vision_tasks.benchmark import fuse_conv_bn, measure, merge_results
 
 
 def test_folding_batchnorm_keeps_the_backbone_outputs() -> None:
@@ -58,7 +58,7 @@ def test_siamese_homography_backbone_is_timed_on_single_patches(monkeypatch) -> 
     # The correlation model feeds its trunk one grey patch at a time: the bare-backbone timing
     # must do the same (it crashed on the stacked 2-channel pairs). Compared by the inputs the
     # trunk receives, not by one-shot timings, which swing on a busy CI machine.
-    monkeypatch.setattr(benchmark, "loader_speed", lambda *args, **kwargs: {})
+    monkeypatch.setattr(measure, "loader_speed", lambda *args, **kwargs: {})
     model, batch = benchmark.build("homography", 64, batch_size=2)
     seen: list[tuple[int, ...]] = []
     hook = model.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
@@ -86,10 +86,10 @@ def test_joint_training_step_runs_every_head_and_each_heads_cost_is_timed() -> N
     for name in ("keypoint_head", "reid_head", "identity_classifier"):
         getattr(model, name).register_forward_hook(lambda *_, name=name: calls.append(name))
     no_autocast = partial(torch.autocast, "cpu", enabled=False)
-    benchmark._train_step(model.train(), batch, no_autocast)()
+    measure._train_step(model.train(), batch, no_autocast)()
     assert sorted(calls) == ["identity_classifier", "keypoint_head", "reid_head"]
 
-    costs = benchmark._train_without_each_head(
+    costs = measure._train_without_each_head(
         model, batch, 64, no_autocast, torch.contiguous_format, 1, 0
     )
     assert set(costs) == set(model.heads)

@@ -9,7 +9,7 @@ import pytest
 
 import vision_tasks
 import vision_tasks.configs
-from vision_tasks import benchmark
+from vision_tasks.benchmark import measure
 from vision_tasks.cli import train
 from vision_tasks.configs import CONFIG_DIR
 from vision_tasks.tasks import TASKS
@@ -21,7 +21,7 @@ PYPROJECT = PACKAGE.parent / "pyproject.toml"
 def test_config_dir_is_inside_the_package() -> None:
     # A folder beside the package (the old top-level configs/) is left out of a wheel.
     assert CONFIG_DIR.is_relative_to(PACKAGE) and CONFIG_DIR != PACKAGE
-    assert train.CONFIG_DIR == CONFIG_DIR and benchmark.CONFIG_DIR == CONFIG_DIR
+    assert train.CONFIG_DIR == CONFIG_DIR and measure.CONFIG_DIR == CONFIG_DIR
 
 
 def test_every_registered_task_has_its_config() -> None:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from vision_tasks.configs import CONFIG_DIR
 from vision_tasks.utils import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results.json"
 
 
