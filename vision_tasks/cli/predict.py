@@ -3,8 +3,12 @@ COCO results.
 
 Images are numbered 1, 2, ... in file order (``files.json`` maps the ids back to the files); a
 ``--coco`` file keeps its own image ids, so ``results.json`` scores against it directly. The
-task draws and writes its own outputs (``BaseTask.write_predictions``); ``--engine onnx`` runs
-the graph ``tools/export.py`` wrote instead of the PyTorch model.
+task draws and writes its own outputs (``BaseTask.write_predictions``).
+
+The network runs in ONNX Runtime when it is installed and the task exports (``--engine auto``,
+the default): exported once, checked against torch and cached beside the checkpoint, see
+:mod:`vision_tasks.export.engine`. ``--engine torch`` runs the PyTorch model; ``--onnx FILE``
+runs a given export, such as the int8 model of ``tools/export.py --int8``.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from typing import Any
 import torch
 
 from vision_tasks.checkpoint import load_task_checkpoint, read_checkpoint
-from vision_tasks.console import quiet_lightning, user_errors
-from vision_tasks.export import OnnxRunner
+from vision_tasks.console import log_to_console, quiet_lightning, user_errors
+from vision_tasks.export import ENGINES, inference_network
 from vision_tasks.tasks import TASKS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -62,17 +66,25 @@ def predict_main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
         "--engine",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="onnx: run the graph written by tools/export.py with onnxruntime",
+        choices=ENGINES,
+        default="auto",
+        help="auto (default): onnxruntime on an export cached beside --ckpt when onnxruntime is "
+        "installed and the task exports, else torch; onnx: the same, or an error",
     )
-    parser.add_argument("--onnx", type=Path, help="the .onnx file (default: beside --ckpt)")
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        help="run this .onnx file with onnxruntime (e.g. CKPT.int8.onnx of tools/export.py --int8)",
+    )
     args = parser.parse_args(argv)
     if bool(args.inputs) == bool(args.coco):
         parser.error("give image files / folders, or --coco JSON --images DIR (one of the two)")
     if args.coco and args.images is None:
         parser.error("--coco needs --images: the folder its file_names are relative to")
+    if args.onnx is not None and args.engine == "torch":
+        parser.error("--onnx runs onnxruntime: drop --engine torch")
     quiet_lightning()
+    log_to_console()
     with user_errors():
         return _predict(args)
 
@@ -82,15 +94,14 @@ def _predict(args: argparse.Namespace) -> list[Path]:
     from vision_tasks.utils import atomic_write_json
 
     model = load_task_checkpoint(args.ckpt, args.task)
-    network = model.to(memory_format=torch.channels_last)  # NHWC: faster inference on CPU
-    if args.engine == "onnx":
-        onnx_path = args.onnx or args.ckpt.with_suffix(".onnx")
-        if not onnx_path.is_file():
-            raise SystemExit(f"{onnx_path} not found: run tools/export.py --ckpt {args.ckpt} first")
-        network = OnnxRunner(onnx_path)
-    index = None
-    if args.coco:
-        index = CocoIndex(args.coco, args.images)
+    index = CocoIndex(args.coco, args.images) if args.coco else None
+    files = None if index is not None else _image_files(args.inputs)  # bad paths before export
+    network, engine = inference_network(
+        model, args.ckpt, args.engine, args.onnx, threads=torch.get_num_threads()
+    )
+    if network is model:
+        network = model.to(memory_format=torch.channels_last)  # NHWC: faster inference on CPU
+    if index is not None:
         if hasattr(model, "predict_coco"):  # per-box outputs (re-ID embeddings)
             saved = read_checkpoint(args.ckpt, mmap=True)
             args.output.mkdir(parents=True, exist_ok=True)
@@ -106,7 +117,6 @@ def _predict(args: argparse.Namespace) -> list[Path]:
         image_ids = list(index.image_ids)
         files = [index.image_path(image_id) for image_id in image_ids]
     else:
-        files = _image_files(args.inputs)
         image_ids = list(range(1, len(files) + 1))  # 1-based, in file order (see files.json)
     args.output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -122,7 +132,7 @@ def _predict(args: argparse.Namespace) -> list[Path]:
         for sample, image_id in zip(samples, ids):
             sample["image_id"] = image_id
         batch = collate_predict(samples)
-        if args.engine == "torch":
+        if network is model:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             predictions = model.decode(network(batch["image"]), batch)
@@ -140,6 +150,6 @@ def _predict(args: argparse.Namespace) -> list[Path]:
     written.append(write_results_json(records, args.output / "results.json"))
     print(
         f"{len(files)} images -> {args.output}/ ({len(written)} files written; results.json "
-        f"has {len(records)} records, image ids as in files.json)"
+        f"has {len(records)} records, image ids as in files.json; engine: {engine})"
     )
     return written

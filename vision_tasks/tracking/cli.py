@@ -35,7 +35,6 @@ from vision_tasks.tracking.models import (
     JointModel,
     can_detect,
     can_embed,
-    onnx_path,
 )
 from vision_tasks.tracking.tracker import Detections, Tracker
 
@@ -63,9 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="MOTChallenge detection file used instead of a detector (public detections)",
     )
     parser.add_argument("--gt", type=Path, help="MOTChallenge ground truth: score with TrackEval")
-    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch")
-    parser.add_argument("--onnx", type=Path, help="detector .onnx (default: beside --ckpt)")
-    parser.add_argument("--reid-onnx", type=Path, help="re-ID .onnx (default: beside --reid)")
+    parser.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="auto: onnxruntime on exports cached beside the checkpoints when it is installed "
+        "and the model exports (not multitask), else torch; onnx: the same, or an error",
+    )
+    parser.add_argument("--onnx", type=Path, help="run this detector .onnx (e.g. CKPT.int8.onnx)")
+    parser.add_argument("--reid-onnx", type=Path, help="run this re-ID .onnx")
     parser.add_argument("--fps", type=float, help="frame rate of an image folder (default 25)")
     parser.add_argument("--no-video", action="store_true", help="skip the annotated video")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -107,10 +112,10 @@ def _load(path: Path) -> tuple[Any, dict[str, Any]]:
     return load_task_checkpoint(path), saved.get("datamodule_hyper_parameters", {})
 
 
-def _runner(path: Path) -> Any:
-    from vision_tasks.export import OnnxRunner
+def _network(model: Any, checkpoint: Path, engine: str, onnx_file: Path | None) -> Any:
+    from vision_tasks.export import inference_network
 
-    return OnnxRunner(path, threads=torch.get_num_threads())
+    return inference_network(model, checkpoint, engine, onnx_file, torch.get_num_threads())[0]
 
 
 def build_models(args: argparse.Namespace) -> tuple[BoxSource, Embedder | None]:
@@ -125,16 +130,12 @@ def build_models(args: argparse.Namespace) -> tuple[BoxSource, Embedder | None]:
                 f"detect checkpoint or a multitask one with a detect head"
             )
         if model.task_name == "multitask":
-            if args.engine == "onnx":
-                raise SystemExit(
-                    f"{args.ckpt}: a multitask model has no ONNX export (NMS and per-box "
-                    f"heads on a data-dependent box count); use --engine torch"
-                )
+            _network(model, args.ckpt, args.engine, args.onnx)  # torch, or why not onnx
             joint = JointModel(model, args.low_threshold, args.high_threshold)
             has_reid = "reid" in model.heads and args.reid is None
             detect = joint if has_reid else _without_embeddings(joint)
         else:
-            network = _runner(onnx_path(args.ckpt, args.onnx)) if args.engine == "onnx" else None
+            network = _network(model, args.ckpt, args.engine, args.onnx)
             detect = Detector(model, network, args.low_threshold)
         source: BoxSource = lambda number, frame: detect(frame)  # noqa: E731
     else:
@@ -164,9 +165,7 @@ def _embedder(args: argparse.Namespace) -> Embedder:
         )
     if model.task_name == "multitask":
         return JointModel(model).embed
-    network = None
-    if args.engine == "onnx":
-        network = _runner(onnx_path(args.reid, args.reid_onnx))
+    network = _network(model, args.reid, args.engine, args.reid_onnx)
     return CropEmbedder(model, network, float(data.get("crop_margin", 0.1)))
 
 

@@ -3,8 +3,8 @@
 Three sources, from the checkpoints the toolkit trains:
 
 - :class:`Detector`: a ``detect`` checkpoint (torch, or its ONNX export through
-  :class:`~vision_tasks.export.OnnxRunner`), decoded by the task's own ``decode``, as
-  ``tools/predict.py`` does.
+  :class:`~vision_tasks.export.OnnxRunner`, chosen by :func:`~vision_tasks.export.
+  inference_network`), decoded by the task's own ``decode``, as ``tools/predict.py`` does.
 - :class:`CropEmbedder`: a ``reid`` checkpoint; each box is cropped from the frame as the re-ID
   data cropped it for training (``ops.box_affine`` with the data's ``crop_margin``), one batch of
   crops per frame.
@@ -17,7 +17,6 @@ Three sources, from the checkpoints the toolkit trains:
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,11 +177,3 @@ def can_detect(model: BaseTask) -> bool:
 def can_embed(model: BaseTask) -> bool:
     """Whether ``model`` gives embeddings: a reid checkpoint or a multitask one with that head."""
     return model.task_name == "reid" or (model.task_name == "multitask" and "reid" in model.heads)
-
-
-def onnx_path(checkpoint: Path, given: Path | None) -> Path:
-    """The ONNX file of a checkpoint (``given``, else beside it), or one clear line."""
-    path = given or checkpoint.with_suffix(".onnx")
-    if not path.is_file():
-        raise SystemExit(f"{path} not found: run tools/export.py --ckpt {checkpoint} first")
-    return path

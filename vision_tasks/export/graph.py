@@ -5,13 +5,18 @@ cannot express well (NMS with per-image counts, COCO formatting, un-letterboxing
 sub-pixel refinement) stays in the task's ``decode`` and is shared by both engines: the runner
 returns the outputs in the torch structure (dicts, tuples, ``None`` entries), so
 ``model.decode(runner(images), batch)`` works unchanged.
+
+Every export is checked against torch before it is written, and the check travels in the file's
+metadata (``vision_tasks`` in ``metadata_props``) with the output structure and, when the caller
+gives it, the checkpoint it came from (``engine.py`` reads that to reuse or refresh its cache).
 """
 
 from __future__ import annotations
 
-import argparse
+import io
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vision_tasks.checkpoint import load_task_checkpoint
 from vision_tasks.tasks.base import BaseTask
+from vision_tasks.utils import atomic_write_bytes
 
 EXAMPLE_BATCH = 2  # not 1, so batch-sized outputs can be told from constant ones
+# An export differing from torch by more than this share of max(1, largest |output|) is refused.
+# Float32 reordering in ONNX Runtime stays near 1e-6 (docs/benchmarks.md: <= 5e-7 on every task);
+# a wrong graph (a traced constant, a dropped branch) differs by far more.
+CHECK_TOLERANCE = 1e-4
+METADATA_KEY = "vision_tasks"
 
 
 def flatten_outputs(outputs: Any) -> tuple[list[Tensor], Any]:
@@ -77,53 +87,98 @@ def example_input(model: BaseTask, batch: int = EXAMPLE_BATCH) -> Tensor:
     return model.predict_sample(blank)["image"].unsqueeze(0).repeat(batch, 1, 1, 1)
 
 
-def export_onnx(model: BaseTask, path: str | Path, opset: int = 17) -> Path:
-    """Write ``model``'s inference graph to ``path`` (dynamic batch; structure in metadata)."""
+def export_onnx(
+    model: BaseTask, path: str | Path, opset: int = 17, source: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model``'s checked inference graph to ``path`` atomically (see :func:`export_bytes`);
+    a killed export leaves no half file at ``path``."""
+    return atomic_write_bytes(path, export_bytes(model, opset, source))
+
+
+def export_bytes(model: BaseTask, opset: int = 17, source: dict[str, Any] | None = None) -> bytes:
+    """``model``'s inference graph as an ONNX file's bytes, checked against torch.
+
+    Args:
+        model: the task model (put in eval mode).
+        opset: ONNX opset of the graph.
+        source: what the graph was exported from (the checkpoint's fingerprint), kept in the
+            metadata for :mod:`vision_tasks.export.engine`.
+    """
+    graph = _traced_graph(model.eval(), opset)
+    meta = read_metadata(graph)
+    meta["check"] = check_against_torch(model, OnnxRunner(graph.SerializeToString()))
+    if source is not None:
+        meta["source"] = source
+    write_metadata(graph, meta)
+    return graph.SerializeToString()
+
+
+def _traced_graph(model: BaseTask, opset: int) -> Any:
+    """The ONNX ``ModelProto`` of ``model``, with the output structure in its metadata."""
     import onnx
 
-    model = model.eval()
     images = example_input(model)
     with torch.no_grad():
         tensors, spec = flatten_outputs(model(images))
     batched = [t.ndim > 0 and t.shape[0] == EXAMPLE_BATCH for t in tensors]
     constants = {i: t.tolist() for i, (t, keep) in enumerate(zip(tensors, batched)) if not keep}
     names = [f"output_{i}" for i in range(sum(batched))]
-    dynamic = {name: {0: "batch"} for name in ["image", *names]}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    # An eval-mode wrapper: the exporter restores the wrapper's mode afterwards, recursively.
-    wrapper = _FlatOutputs(model, batched).eval()
-    torch.onnx.export(
-        wrapper,
-        (images,),
-        str(tmp),
-        input_names=["image"],
-        output_names=names,
-        dynamic_axes=dynamic,
-        opset_version=opset,
-        dynamo=False,
-    )
-    graph = onnx.load(str(tmp))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # Python branches on cached shapes (the detection grid) trace as constants; what that
+        # could break, check_against_torch catches on the finished graph.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # An eval-mode wrapper: the exporter restores the wrapper's mode afterwards, recursively.
+        torch.onnx.export(
+            _FlatOutputs(model, batched).eval(),
+            (images,),
+            buffer,
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["image", *names]},
+            opset_version=opset,
+            dynamo=False,
+        )
+    graph = onnx.load_model_from_string(buffer.getvalue())
+    write_metadata(graph, {"task": model.task_name, "outputs": spec, "constants": constants})
+    return graph
+
+
+def read_metadata(graph: Any) -> dict[str, Any]:
+    """The ``vision_tasks`` metadata of an ONNX ``ModelProto`` (empty if it has none)."""
+    for entry in graph.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+def write_metadata(graph: Any, meta: dict[str, Any]) -> None:
+    """Set the ``vision_tasks`` metadata of an ONNX ``ModelProto`` (replacing any)."""
+    kept = [e for e in graph.metadata_props if e.key != METADATA_KEY]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
     entry = graph.metadata_props.add()
-    meta = {"task": model.task_name, "outputs": spec, "constants": constants}
-    entry.key, entry.value = "vision_tasks", json.dumps(meta)
-    onnx.save(graph, str(tmp))
-    tmp.replace(path)  # atomic: a half-written model is never left at the final name
-    return path
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
 
 
 class OnnxRunner:
-    """onnxruntime session returning outputs in the torch model's structure."""
+    """onnxruntime session returning outputs in the torch model's structure.
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    Args:
+        model: an ``.onnx`` file written by :func:`export_onnx` (or its bytes).
+        threads: intra-op threads (default: onnxruntime's, one per physical core).
+    """
+
+    def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        meta = json.loads(self.session.get_modelmeta().custom_metadata_map["vision_tasks"])
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        meta = json.loads(self.session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+        self.meta = meta
         self.task, self.spec = meta["task"], meta["outputs"]
         self.constants = {int(i): torch.tensor(v) for i, v in meta["constants"].items()}
 
@@ -149,6 +204,20 @@ def max_abs_difference(a: Any, b: Any) -> float:
         ),
         default=0.0,
     )
+
+
+def check_against_torch(model: BaseTask, runner: OnnxRunner, seed: int = 0) -> dict[str, Any]:
+    """Torch vs onnxruntime on one seeded random batch: max abs difference, scale, verdict."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(example_input(model).shape, generator=generator)
+    with torch.inference_mode():
+        reference = model(images)
+        difference = max_abs_difference(reference, runner(images))
+    scale = max(
+        (float(t.abs().max()) for t in flatten_outputs(reference)[0] if t.numel()), default=0
+    )
+    passed = difference <= CHECK_TOLERANCE * max(1.0, scale)  # False for NaN too
+    return {"max_abs_diff": difference, "max_abs_output": scale, "passed": bool(passed)}
 
 
 def compare(model: BaseTask, runner: OnnxRunner, batch: int = 3, repeats: int = 10) -> dict:
@@ -178,32 +247,3 @@ def _median_ms(fn, repeats: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1000)
     return float(np.median(times))
-
-
-def export_main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``tools/export.py --ckpt PATH [--format onnx] [--output FILE]``: export and check."""
-    parser = argparse.ArgumentParser(description=export_main.__doc__)
-    parser.add_argument("--ckpt", required=True, type=Path)
-    parser.add_argument("--format", choices=["onnx"], default="onnx")
-    parser.add_argument("--output", type=Path, help="default: the checkpoint with .onnx")
-    parser.add_argument("--opset", type=int, default=17)
-    args = parser.parse_args(argv)
-    model = load_task_checkpoint(args.ckpt)
-    if not getattr(model, "exportable", True):
-        raise SystemExit(
-            f"{model.task_name}: ONNX export is not supported (its inference "
-            f"forward runs NMS and per-box heads on a data-dependent number of "
-            f"boxes); predict with --engine torch"
-        )
-    path = export_onnx(model, args.output or args.ckpt.with_suffix(".onnx"), args.opset)
-    check = compare(model, OnnxRunner(path, threads=torch.get_num_threads()))
-    print(f"{model.task_name} -> {path}")
-    print(
-        f"  max |torch - onnxruntime| = {check['max_abs_diff']:.2e} (outputs up to "
-        f"{check['max_abs_output']:.3g}, batch {check['batch_checked']})"
-    )
-    print(
-        f"  batch-1 latency: torch {check['torch_b1_ms']:.1f} ms, onnxruntime "
-        f"{check['onnxruntime_b1_ms']:.1f} ms"
-    )
-    return {"path": str(path), **check}
