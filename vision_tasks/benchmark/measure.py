@@ -1,34 +1,22 @@
-"""Speed, memory and learning-quality measurements per task (``tools/benchmark.py``).
+"""Speed and memory of one task, in this process: timed training steps and inference.
 
-Speed: one real batch from the task's own data pipeline (synthetic default), then timed
-repetitions after warm-up of (a) a training step (forward, loss, backward, optimiser step),
-(b) inference at batch 1 (forward + the task's decode/post-processing) and (c) inference at
-batch 16, each also for the bare backbone on the same input, so the share of time spent outside
-the backbone (neck, head, loss, post-processing) is stated; for the joint model also the
-training step with each head left out in turn, so what each head costs is stated. Every figure
-is a median with its spread (min/max) over the repetitions. ``--task all`` runs each task in its
-own process so the peak resident memory is the task's own.
-
-Quality (``--quality``): runs ``tools/train.py --task NAME`` with its budgeted default config on
-the synthetic default, records the wall time and the headline metric of the run's report.
+One real batch from the task's own data pipeline (synthetic default), then timed repetitions
+after warm-up of (a) a training step (forward, loss, backward, optimiser step), (b) inference at
+batch 1 (forward + the task's decode/post-processing) and (c) inference at batch 16, each also
+for the bare backbone on the same input, so the share of time spent outside the backbone (neck,
+head, loss, post-processing) is stated; for the joint model also the training step with each
+head left out in turn, so what each head costs is stated. Every figure is a median with its
+spread (min/max) over the repetitions.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import os
-import platform
-import re
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,10 +24,6 @@ import yaml
 from torch import Tensor, nn
 
 from vision_tasks.configs import CONFIG_DIR
-from vision_tasks.utils import atomic_write_text
-
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUTPUT = ROOT / "benchmarks" / "results.json"
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
@@ -337,220 +321,3 @@ def _max_abs_diff(a: Any, b: Any) -> float:
     if isinstance(a, (list, tuple)):
         return max((_max_abs_diff(x, y) for x, y in zip(a, b)), default=0.0)
     return 0.0
-
-
-def quality(task: str, extra_args: list[str]) -> dict[str, Any]:
-    """Train the task's budgeted default on the synthetic default; wall time and headline."""
-    command = [sys.executable, str(ROOT / "tools" / "train.py"), "--task", task, *extra_args]
-    start = time.perf_counter()
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if run.returncode != 0:
-        return {"task": task, "error": run.stderr[-2000:], "wall_s": wall}
-    match = re.search(r"report:\s+(\S+)/report\.md", run.stdout)
-    report = json.loads((Path(match.group(1)) / "report.json").read_text()) if match else {}
-    return {
-        "task": task,
-        "command": " ".join(command[1:]),
-        "wall_s": wall,
-        "headline": report.get("headline"),
-        "report": match.group(1) if match else None,
-    }
-
-
-def format_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
-    """A plain-text table of the speed results, with changes against ``baseline``."""
-
-    def plain(entry: dict) -> bool:
-        options = entry.get("options") or {}
-        return not (options.get("channels_last") or options.get("fuse") or options.get("grad_mode"))
-
-    old: dict[tuple, dict] = {}  # (task, input) -> entry, preferring one without speed-ups
-    for entry in (baseline or {}).get("speed", []):
-        key = (entry.get("task"), tuple(entry.get("input", ())))
-        if key not in old or plain(entry) or not plain(old[key]):
-            old[key] = entry
-    lines = [
-        f"{'task':<11}{'input':<14}{'train img/s':>12}{'b1 ms':>9}{'b16 img/s':>10}"
-        f"{'out/step':>9}{'out/b1':>8}{'RSS MiB':>9}{'loader/train':>13}"
-    ]
-    for r in results:
-        train, b1 = r.get("train"), r.get("latency_b1")
-        if "error" in r:
-            lines.append(f"{r['task']:<11}error: {r['error']}")
-            continue
-        row = (
-            f"{r['task']:<11}{'x'.join(map(str, r['input'])):<14}"
-            f"{train['images_per_s']:>12.1f}{b1['median_ms']:>9.1f}"
-            f"{r['throughput_b16']['images_per_s']:>10.1f}"
-            f"{train['outside_backbone_share']:>9.0%}"
-            f"{b1['outside_backbone_share']:>8.0%}{r['peak_rss_mib']:>9.0f}"
-            f"{_loader_ratio(r):>13}"
-        )
-        before = old.get((r["task"], tuple(r["input"])), {})
-        if "train" in before:
-            train_change = _change(before["train"]["images_per_s"], train["images_per_s"])
-            b1_change = _change(before["latency_b1"]["median_ms"], b1["median_ms"])
-            row += f"   (train img/s {train_change}, b1 ms {b1_change})"
-        lines.append(row)
-        if train.get("without_head"):  # the joint model: what each head costs a step
-            lines.append(
-                " " * 11
-                + "train step share of each head (the step without it): "
-                + ", ".join(
-                    f"{head} {cost['saved_share']:.0%}"
-                    for head, cost in train["without_head"].items()
-                )
-            )
-    return "\n".join(lines)
-
-
-def _loader_ratio(result: dict[str, Any]) -> str:
-    """Default-worker loader images/s over training images/s ("3.1x"): >= 2 means no starving."""
-    from vision_tasks.data.datamodule import default_num_workers
-
-    loader = result.get("loader", {}).get("images_per_s", {})
-    rate = loader.get(f"workers_{default_num_workers()}")
-    return f"{rate / result['train']['images_per_s']:.1f}x" if rate else "-"
-
-
-def _change(before: float, after: float) -> str:
-    return f"{(after - before) / before:+.0%}"
-
-
-def environment() -> dict[str, Any]:
-    """What the figures were measured on."""
-    return {
-        "measured_at": time.strftime("%Y-%m-%d %H:%M"),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-    }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``tools/benchmark.py`` entry point."""
-    from vision_tasks.tasks import TASKS
-    from vision_tasks.tracking import benchmark as tracking
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if tracking.is_track_run(argv):  # its own options: vision_tasks/tracking/benchmark.py
-        tracking.main(argv)
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=[*TASKS, "all", "track"])
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="network input size (default: the task config's)",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument(
-        "--fuse", action="store_true", help="fold BatchNorm into convs for inference"
-    )
-    parser.add_argument(
-        "--quality",
-        action="store_true",
-        help="also train each task's budgeted default and record its headline",
-    )
-    parser.add_argument(
-        "--grad-mode",
-        choices=["inference", "no_grad"],
-        default="inference",
-        help="inference: torch.inference_mode (what predict uses); no_grad: for comparison",
-    )
-    parser.add_argument("--no-speed", action="store_true", help="skip the speed measurements")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=DEFAULT_OUTPUT,
-        help="JSON file; entries of other tasks or options already in it are kept",
-    )
-    parser.add_argument("--baseline", type=Path, default=None, help="an earlier JSON to compare")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    tasks = list(TASKS) if args.task == "all" else [args.task]
-    options = {
-        "image_size": args.image_size,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "channels_last": args.channels_last,
-        "fuse": args.fuse,
-        **({"grad_mode": args.grad_mode} if args.grad_mode != "inference" else {}),
-    }
-    if args.worker:  # one task in this process: print its JSON for the parent
-        print(json.dumps(speed(tasks[0], **options)))
-        return
-    results = (
-        []
-        if args.no_speed
-        else [
-            {**_speed_in_subprocess(task, argv_of(args, task)), "options": options}
-            for task in tasks
-        ]
-    )
-    qualities = [quality(task, []) for task in tasks] if args.quality else []
-    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    if results:
-        print(format_table(results, baseline))
-    for q in qualities:
-        print(f"quality {q['task']}: {q.get('headline')} in {q['wall_s']:.0f} s")
-    payload = merge_results(args.output, environment(), results, qualities)
-    atomic_write_text(args.output, json.dumps(payload, indent=2))
-    print(f"written: {args.output}")
-
-
-def merge_results(
-    path: Path, env: dict[str, Any], speed: list[dict], quality: list[dict]
-) -> dict[str, Any]:
-    """The JSON at ``path`` with these entries replacing those of the same task (and options)."""
-    old = json.loads(path.read_text()) if path.is_file() else {}
-
-    def key(entry: dict) -> str:
-        return json.dumps([entry.get("task"), entry.get("options")], sort_keys=True)
-
-    def merged(before: list[dict], new: list[dict]) -> list[dict]:
-        by_key = {key(e): e for e in before}
-        by_key.update({key(e): {**e, "environment": env} for e in new})
-        return list(by_key.values())
-
-    return {
-        "speed": merged(old.get("speed", []), speed),
-        "quality": merged(old.get("quality", []), quality),
-    }
-
-
-def argv_of(args: argparse.Namespace, task: str) -> list[str]:
-    """The worker command line for one task."""
-    argv = [
-        "--task",
-        task,
-        "--threads",
-        str(args.threads),
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-        "--worker",
-    ]
-    if args.image_size is not None:
-        argv += ["--image-size", str(args.image_size)]
-    argv += ["--channels-last"] * args.channels_last + ["--fuse"] * args.fuse
-    argv += ["--grad-mode", args.grad_mode]
-    return argv
-
-
-def _speed_in_subprocess(task: str, argv: list[str]) -> dict[str, Any]:
-    command = [sys.executable, str(ROOT / "tools" / "benchmark.py"), *argv]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if run.returncode != 0:
-        return {"task": task, "error": (run.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(run.stdout.strip().splitlines()[-1])
