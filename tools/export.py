@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Export a checkpoint's network to ONNX and check it: ``python tools/export.py --ckpt PATH``."""
+"""Export a checkpoint's network to ONNX and check it: ``python tools/export.py --ckpt PATH``;
+its int8 graph, calibrated on training images: ``... --ckpt PATH --int8`` (``--help``)."""
 
 import sys
 from pathlib import Path
