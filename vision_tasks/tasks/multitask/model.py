@@ -4,19 +4,8 @@ Backbone (c2..c5) -> PAN neck over c3..c5. Dense heads read the shared maps: det
 (``detect.DetectHead`` on the pyramid), segmentation (``segment.SegmentHead`` on the backbone
 dict), image classification (``classify.ClassifyHead`` on c5), instance masks (the instance
 task's prototype branch on p3 and c2, its coefficient branch on the pyramid: each detection's
-mask is its coefficients times the prototypes, cropped to its box). Per-box heads read features
-cut from the same maps with ``torchvision.ops`` RoI-Align, on ground-truth boxes in training and
-on the detector's boxes at inference (Keypoint R-CNN for keypoints, JDE / FairMOT for
-embeddings):
-
-- keypoints: each backbone level c2..c5 is RoI-aligned over the box's top-down crop region
-  (``ops.crop_regions``: margin and aspect as the single-task crops) at the resolution that
-  level would have for that crop, so ``layers.HeatmapHead`` gets the dict the single-task
-  model's backbone gives for a crop, and its targets, loss and DARK decoding are the
-  single-task ones, in crop pixels. With the segmentation head attached, its decoder's stride-4
-  block (where the person's limbs are, to the pixel) joins c2 (``keypoints_read_segment``);
-- re-ID: ``MultiScaleRoIAlign`` over the PAN pyramid (each box from the level that fits its
-  size) -> ``reid.ReidHead`` (pooling + BNNeck) -> triplet + identity losses.
+mask is its coefficients times the prototypes, cropped to its box). Per-box heads (keypoints,
+re-ID) read features cut from the same maps with ``torchvision.ops`` RoI-Align: ``roi_heads.py``.
 
 Partial labels: each loss is taken over the samples / instances that carry its labels only
 (see ``data.py``); a head with no labelled sample in a batch adds no term at all. Loss
@@ -26,35 +15,35 @@ weighting: fixed weights, or learned homoscedastic uncertainty (Kendall et al. 2
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import MultiScaleRoIAlign
 
-from vision_tasks import ops
 from vision_tasks.evaluation.coco_eval import CocoBoxMetric
 from vision_tasks.evaluation.metrics import KeypointMetric, ReidMetric, SegmentationMetric
 from vision_tasks.layers import ConvBNAct, HeatmapHead, PANNeck
 from vision_tasks.tasks.base import BaseTask
 from vision_tasks.tasks.classify import ClassifyHead, classification_metrics
-from vision_tasks.tasks.detect import LEVELS, DetectHead, grid_points, postprocess
+from vision_tasks.tasks.detect import LEVELS, DetectHead, grid_points
 from vision_tasks.tasks.instance.evaluation import CocoMaskMetric
 from vision_tasks.tasks.instance.model import MASK_LEVEL, MaskCoefficientHead, PrototypeBranch
 from vision_tasks.tasks.keypoints import crop_size, keypoint_sigmas
 from vision_tasks.tasks.multitask.losses import MultiTaskLosses
 from vision_tasks.tasks.multitask.outputs import SCORED_METRIC, HeadMetrics, MultiTaskOutputs
+from vision_tasks.tasks.multitask.report import MultiTaskReport
+from vision_tasks.tasks.multitask.roi_heads import PYRAMID, MultiTaskRoiHeads
 from vision_tasks.tasks.reid import ReidHead
 from vision_tasks.tasks.segment import IGNORE_INDEX, SegmentHead
 
 HEADS = ("classify", "detect", "segment", "keypoints", "reid", "instance")
-KEYPOINT_LEVELS = ("c2", "c3", "c4", "c5")
-PYRAMID = ("p3", "p4", "p5")
 
 
-class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
+class MultiTaskTask(
+    MultiTaskReport, MultiTaskOutputs, MultiTaskLosses, MultiTaskRoiHeads, BaseTask
+):
     """Shared backbone + neck; any subset of classify / detect / segment / keypoints / reid /
     instance heads.
 
@@ -365,140 +354,3 @@ class MultiTaskTask(MultiTaskOutputs, MultiTaskLosses, BaseTask):
         if self._grid is None or self._grid[0] != key:
             self._grid = (key, *grid_points(shapes, self.strides, device))
         return self._grid[1], self._grid[2]
-
-    def keypoint_branch(
-        self,
-        features: dict[str, Tensor],
-        boxes: list[Tensor] | None,
-        segment_c2: Tensor | None = None,
-    ) -> dict[str, Tensor] | None:
-        """Heatmaps of the boxes' crop regions from RoI-aligned c2..c5 and, when given, the
-        segmentation decoder's stride-4 block beside c2 (see module docstring)."""
-        if "keypoints" not in self.heads or boxes is None or sum(len(b) for b in boxes) == 0:
-            return None
-        width, height = self.crop_size
-        index = torch.cat(
-            [torch.full((len(b),), i, device=features["c5"].device) for i, b in enumerate(boxes)]
-        )
-        regions = ops.crop_regions(
-            torch.cat(boxes).float(), self.crop_size, self.hparams.keypoint_margin
-        )
-        rois = torch.cat([index[:, None].to(regions), regions], dim=1)
-        maps = dict(features)
-        if self.shared_block is not None:
-            maps["c2"] = torch.cat([features["c2"], segment_c2], dim=1)
-        crops = {}
-        for level in KEYPOINT_LEVELS:
-            stride = self.backbone.strides[level]
-            crops[level] = roi_align(
-                maps[level],
-                rois,
-                (height // stride, width // stride),
-                1.0 / stride,
-                sampling_ratio=2,
-                aligned=True,
-            )
-        return {"heatmaps": self.keypoint_head(crops), "regions": regions, "image_index": index}
-
-    def reid_branch(
-        self, pyramid: list[Tensor] | None, boxes: list[Tensor] | None, image_size: int
-    ) -> dict[str, Any] | None:
-        """Embeddings of the boxes from the PAN pyramid (MultiScaleRoIAlign -> BNNeck head)."""
-        count = 0 if boxes is None else sum(len(b) for b in boxes)
-        # BatchNorm (the BNNeck) cannot train on one row; nor can a triplet form.
-        if "reid" not in self.heads or count == 0 or (self.training and count < 2):
-            return None
-        maps = OrderedDict(zip(PYRAMID, pyramid))
-        pooled = self.reid_pool(
-            maps, [b.float() for b in boxes], [(image_size, image_size)] * len(boxes)
-        )
-        features, bn_features = self.reid_head(self.reid_tower(pooled))
-        classifier = self.identity_classifier
-        index = torch.cat(
-            [torch.full((len(b),), i, device=pooled.device) for i, b in enumerate(boxes)]
-        )
-        return {
-            "features": features,
-            "embedding": F.normalize(bn_features, dim=1),
-            "logits": classifier(bn_features) if classifier is not None else None,
-            "image_index": index,
-        }
-
-    def detect(self, outputs: dict[str, Any], score_threshold: float, max_detections: int):
-        """Post-processed detections per image: (boxes (K, 4) network px, scores, labels)."""
-        return postprocess(
-            outputs["cls_logits"],
-            outputs["box_regression"],
-            outputs["points"],
-            outputs["strides"],
-            score_threshold,
-            iou_threshold=self.hparams.nms_iou,
-            max_detections=max_detections,
-        )
-
-    def on_detections(self, outputs: dict[str, Any], image_size: int) -> dict[str, Any]:
-        """Keypoints and embeddings of the confident detections (inference's per-box path)."""
-        hp = self.hparams
-        detections = self.detect(outputs, hp.instance_score_threshold, hp.max_instances)
-        result: dict[str, Any] = {"detections": detections}
-        if "keypoints" in self.heads:
-            persons = [
-                (boxes[labels == self.keypoint_index], scores[labels == self.keypoint_index])
-                for boxes, scores, labels in detections
-            ]
-            result["keypoint_scores"] = [s for _, s in persons]
-            result["keypoints"] = self.keypoint_branch(
-                outputs["features"], [b for b, _ in persons], outputs.get("segment_c2")
-            )
-        result["reid"] = self.reid_branch(
-            outputs["pyramid"], [b for b, _, _ in detections], image_size
-        )
-        return result
-
-    def forward_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Per-box heads on the labelled ground-truth boxes; in eval also on the detections."""
-        truth = self.labelled_instances(batch)
-        outputs = self(batch["image"], truth["keypoint_boxes"], truth["reid_boxes"])
-        outputs["truth"] = truth
-        if not self.training and "detect" in self.heads:
-            outputs["on_detections"] = self.on_detections(outputs, batch["image"].shape[-1])
-        return outputs
-
-    def labelled_instances(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The instances that carry keypoint / identity labels, per image (masking per sample)."""
-        truth: dict[str, Any] = {"keypoint_boxes": None, "reid_boxes": None}
-        if "keypoints" in self.heads:
-            rows = [
-                (lab == self.keypoint_index) & ~crowd & (kps[..., 2] > 0).any(-1)
-                for lab, crowd, kps in zip(batch["label"], batch["crowd"], batch["keypoints"])
-            ]
-            truth["keypoint_rows"] = rows
-            truth["keypoint_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
-            truth["keypoints"] = [k[r] for k, r in zip(batch["keypoints"], rows)]
-            copies = self.hparams.keypoint_rois
-            if self.training and copies > 1:
-                jitter = self.hparams.keypoint_jitter
-                truth["keypoint_boxes"] = [
-                    ops.jitter_boxes(b, copies, jitter).flatten(0, 1)
-                    for b in truth["keypoint_boxes"]
-                ]
-                truth["keypoints"] = [
-                    k.repeat_interleave(copies, dim=0) for k in truth["keypoints"]
-                ]
-        if "reid" in self.heads:
-            # Colour-shifted images keep their boxes and masks but lose their identities: on
-            # them a red shirt shows blue, which would teach re-ID that colour says nothing.
-            shifted = batch.get("colour_shifted")
-            if shifted is None:
-                shifted = torch.zeros(len(batch["identity"]), dtype=torch.bool)
-            rows = [
-                (ids >= 0) & ~crowd & ~s.to(crowd.device)
-                for ids, crowd, s in zip(batch["identity"], batch["crowd"], shifted)
-            ]
-            truth["reid_rows"] = rows
-            truth["reid_boxes"] = [b[r] for b, r in zip(batch["boxes_xyxy"], rows)]
-            truth["identity"] = torch.cat([i[r] for i, r in zip(batch["identity"], rows)])
-            truth["identity_label"] = torch.cat(
-                [i[r] for i, r in zip(batch["identity_label"], rows)]
-            )
-        return truth
