@@ -454,3 +454,24 @@ def test_onnx_gives_the_same_masks(trained_runs, tiny_coco, tmp_path) -> None:
         ious += (overlap / union.clamp_min(1))[union > 0].tolist()
         empty += int((union == 0).sum())
     assert len(ious) >= empty and min(ious) >= 0.99, (empty, sorted(ious)[:5])
+
+
+def test_panoptic_view_counts_every_object_once(tiny_coco) -> None:
+    index = CocoIndex(tiny_coco.val_json, tiny_coco.val_images)
+    objects = sum(len(index.annotations(i, include_crowd=False)) for i in index.image_ids)
+    metric = CocoMaskMetric(index.num_classes)
+    metric.index = index
+    metric.update(_ground_truth_predictions(index), torch.tensor(index.image_ids))
+    exact = metric.compute()["panoptic"]
+    # The fixture's objects do not overlap: each truth mask is matched by itself, IoU 1.
+    assert sum(c["tp"] for c in exact["per_category"].values()) == objects
+    assert exact["pq"] == pytest.approx(1.0) and exact["things"]["pq"] == pytest.approx(1.0)
+    metric.reset()
+    metric.index = index
+    metric.update(_ground_truth_predictions(index, shrink=True), torch.tensor(index.image_ids))
+    shrunk = metric.compute()["panoptic"]
+    # A quarter of each mask (IoU 0.25) matches nothing: one FP and one FN per object, and
+    # the FP is counted, not ignored, since it lies on its object rather than on void.
+    counts = shrunk["per_category"].values()
+    assert sum(c["tp"] for c in counts) == 0 and shrunk["pq"] == 0.0
+    assert sum(c["fp"] for c in counts) == sum(c["fn"] for c in counts) == objects

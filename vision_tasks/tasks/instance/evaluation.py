@@ -9,6 +9,11 @@ The semantic view: the masks scoring at least a threshold, merged by class (the 
 on top) into one label map per image, scored against the segment task's label maps
 (:func:`~vision_tasks.tasks.segment.semantic_label_map`: crowd regions ignored) with its metric,
 so the instance model's mIoU stands beside ``--task segment``'s.
+
+The panoptic view: the masks scoring at least 0.5 fused into one panoptic map per image
+(Detectron2's fusion), scored with panoptic quality against the annotations' masks
+(:mod:`vision_tasks.evaluation.panoptic`). Every category of an instance dataset is a thing, so
+this PQ is panopticapi's PQ over things; there are no stuff classes to add.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from vision_tasks.evaluation.coco_eval import (
     results_from_predictions,
 )
 from vision_tasks.evaluation.metrics import SegmentationMetric
+from vision_tasks.evaluation.panoptic import PanopticQuality, fuse_instances, truth_panoptic
 from vision_tasks.tasks.segment import IGNORE_INDEX, semantic_label_map
 
 
@@ -95,6 +101,8 @@ class CocoMaskMetric(Metric):
         "det_rle_bytes",
         "det_rle_lengths",
     )
+    _PANOPTIC_STATES = ("pq_tp", "pq_fp", "pq_fn", "pq_iou")
+    panoptic_threshold = 0.5  # Detectron2's instance score threshold for panoptic fusion
 
     def __init__(
         self, num_classes: int, semantic_threshold: float = 0.3, backend: Backend = "pycocotools"
@@ -108,6 +116,11 @@ class CocoMaskMetric(Metric):
         fits = num_classes + 1 < IGNORE_INDEX
         self.semantic = SegmentationMetric(num_classes + 1, IGNORE_INDEX) if fits else None
         self.semantic_threshold = semantic_threshold
+        # Per-class sums, so that DDP ranks add their images' counts up (dist_reduce_fx sum).
+        for name in self._PANOPTIC_STATES:
+            self.add_state(
+                name, default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum"
+            )
         self.index = None
 
     def update(self, predictions: list[dict[str, Any]], image_ids: Tensor) -> None:
@@ -127,6 +140,7 @@ class CocoMaskMetric(Metric):
             self.det_rle_lengths.append(torch.tensor([len(c) for c in counts], dtype=torch.long))
             if self.semantic is not None:
                 self._update_semantic(p)
+            self._update_panoptic(p)
 
     def _update_semantic(self, prediction: dict[str, Any]) -> None:
         index, image_id = self.index, int(prediction["image_id"])
@@ -143,6 +157,42 @@ class CocoMaskMetric(Metric):
         self.semantic.update(
             torch.from_numpy(predicted)[None].long(), torch.from_numpy(truth)[None]
         )
+
+    def _update_panoptic(self, prediction: dict[str, Any]) -> None:
+        index, image_id = self.index, int(prediction["image_id"])
+        info = index.image_info(image_id)
+        size = (info["height"], info["width"])
+        anns = index.annotations(image_id)
+        truth, truth_segments = truth_panoptic(
+            [index.coco.annToMask(a) for a in anns],
+            [int(a["category_id"]) for a in anns],
+            [bool(a.get("iscrowd", 0)) for a in anns],
+            size,
+        )
+        scores = torch.as_tensor(prediction["score"]).numpy()
+        kept = np.flatnonzero(scores >= self.panoptic_threshold)
+        masks = decode_rle([prediction["segmentation"][k] for k in kept], size).numpy()
+        categories = torch.as_tensor(prediction["category_id"]).numpy()[kept]
+        predicted, segments = fuse_instances(masks, scores[kept], categories, 0.0)
+        quality = PanopticQuality()
+        quality.update(predicted, segments, truth, truth_segments)
+        for category, stat in quality.stats.items():
+            k = index.cat_to_index[category]
+            self.pq_tp[k] += stat.tp
+            self.pq_fp[k] += stat.fp
+            self.pq_fn[k] += stat.fn
+            self.pq_iou[k] += stat.iou
+
+    def panoptic(self) -> dict[str, Any]:
+        """Panoptic quality over everything collected (see :meth:`PanopticQuality.compute`),
+        per category keyed by category id."""
+        quality = PanopticQuality()
+        ids = [c["id"] for c in self.index.categories]
+        for k, category in enumerate(ids):
+            stat = quality.stat(category)
+            stat.tp, stat.fp, stat.fn = int(self.pq_tp[k]), int(self.pq_fp[k]), int(self.pq_fn[k])
+            stat.iou = float(self.pq_iou[k])
+        return quality.compute()
 
     def records(self) -> list[dict[str, Any]]:
         """Every collected detection as a COCO results record (``bbox`` and ``segmentation``)."""
@@ -182,6 +232,10 @@ class CocoMaskMetric(Metric):
         if self.semantic is not None:
             semantic = self.semantic.compute()
             values |= {"semantic": semantic, "semantic_miou": float(semantic["miou"])}
+        panoptic = self.panoptic()
+        values |= {"panoptic": panoptic} | {
+            f"panoptic_{k.upper()}": panoptic[k] for k in ("pq", "sq", "rq")
+        }
         return values
 
     def reset(self) -> None:

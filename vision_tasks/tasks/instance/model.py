@@ -393,8 +393,8 @@ class InstanceTask(DetectTask):
         return draw_bounding_boxes(image, boxes, names, colors="white", width=1)
 
     def build_report(self, values: dict[str, Any], samples: list) -> Report:
-        """Mask and box COCO stats, per-category mask / box AP, the semantic view of the merged
-        masks, mask PR curves at IoU 0.5, predicted masks drawn."""
+        """Mask and box COCO stats, per-category mask / box AP, the semantic and panoptic views
+        of the merged masks, mask PR curves at IoU 0.5, predicted masks drawn."""
         segm, bbox = values["segm"], values["bbox"]
         headline = {
             "mask_AP": segm.stats["AP"],
@@ -415,6 +415,14 @@ class InstanceTask(DetectTask):
                 {"class": name, "iou": float(iou), "pixels": int(n)}
                 for name, iou, n in zip(names, semantic["iou"].tolist(), semantic["pixels"])
             ]
+        panoptic = values.get("panoptic")
+        if panoptic is not None:
+            headline |= {f"panoptic_{k.upper()}": panoptic[k] for k in ("pq", "sq", "rq")}
+            names = {c["id"]: c["name"] for c in self.categories}
+            tables["panoptic_per_category"] = [
+                {"class": names.get(category, str(category))} | counts
+                for category, counts in panoptic["per_category"].items()
+            ]
         figures = [
             Figure(
                 "pr_curves_mask",
@@ -430,6 +438,9 @@ class InstanceTask(DetectTask):
         meta = {
             "semantic_view": f"masks with score >= {self.draw_score_threshold} merged by "
             f"class, the most confident on top, against the label maps of the segment task",
+            "panoptic_view": "masks with score >= 0.5 fused (Detectron2: the most confident "
+            "first, a mask left with under half its area dropped), panoptic quality as "
+            "panopticapi defines it; every class is a thing, pixels two objects share are void",
         }
         return Report("instance", headline, scalars, tables, figures, meta)
 
