@@ -90,6 +90,7 @@ def verdict(done: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "box_AP_ok": None if share is None else share >= BOX_AP_SHARE,
         "semantic_miou": instance.get("semantic_miou"),
         "segment_miou": segment.get("miou"),
+        "panoptic_PQ": instance.get("panoptic_PQ"),
     }
 
 
@@ -143,14 +144,14 @@ def _number(value: Any) -> str:
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """One row per run: its headline figures, wall time, epochs and command."""
     lines = [
-        "| run | data | mask AP | AP50 | AP75 | box AP | mIoU | wall | epochs | command |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | data | mask AP | AP50 | AP75 | box AP | mIoU | PQ | wall | epochs | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
             lines.append(
                 f"| {r['name']} | {r.get('dataset', '')} | failed: "
-                f"{r['error'].splitlines()[-1][:80]} | | | | | | | |"
+                f"{r['error'].splitlines()[-1][:80]} | | | | | | | | |"
             )
             continue
         h = r.get("headline", {})
@@ -159,7 +160,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['name']} | {r['dataset']} | {_number(h.get('mask_AP'))} | "
             f"{_number(h.get('mask_AP50'))} | {_number(h.get('mask_AP75'))} | {_number(box)} | "
-            f"{_number(miou)} | {r['wall_s'] / 60:.1f} min | {r['epochs']} | `{r['command']}` |"
+            f"{_number(miou)} | {_number(h.get('panoptic_PQ'))} | {r['wall_s'] / 60:.1f} min | "
+            f"{r['epochs']} | `{r['command']}` |"
         )
     return "\n".join(lines)
 
@@ -172,12 +174,14 @@ def write_doc(results: list[dict[str, Any]], checks: dict[str, Any], env: dict[s
         f"{checks['mask_AP_ok']}); box AP {_number(checks['box_AP'])} against detect's "
         f"{_number(checks['detect_AP'])} ({'n/a' if share is None else f'{share:.1%}'}, >= "
         f"{BOX_AP_SHARE:.0%}: {checks['box_AP_ok']}); semantic view mIoU "
-        f"{_number(checks['semantic_miou'])} beside segment's {_number(checks['segment_miou'])}."
+        f"{_number(checks['semantic_miou'])} beside segment's {_number(checks['segment_miou'])}; "
+        f"panoptic quality (things) {_number(checks['panoptic_PQ'])}."
     )
     table = (
         f"{TABLE_START}\nMeasured {env['measured_at']} on {env['cpus']} CPU cores "
         f"({env['processor']}), torch {env['torch']}, `python benchmarks/instance.py`. "
-        f"mIoU: the semantic view for instance rows, the model's own for segment.\n\n"
+        f"mIoU: the semantic view for instance rows, the model's own for segment. PQ: the "
+        f"panoptic view (masks scoring >= 0.5 fused, panopticapi's PQ).\n\n"
         f"{markdown_table(results)}\n\n{summary}\n{TABLE_END}"
     )
     text = DOC.read_text() if DOC.is_file() else f"# Instance\n\n{TABLE_START}\n{TABLE_END}\n"
