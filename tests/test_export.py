@@ -65,6 +65,8 @@ def test_onnx_matches_torch_and_predict_agrees(trained_runs, tiny_coco, task, tm
     # Checked at batch 3 on a graph traced at batch 2: the batch dimension really is dynamic.
     assert check["batch_checked"] == 3
     assert check["max_abs_diff"] <= 1e-4 * max(1.0, check["max_abs_output"])
+    # The check --engine auto relies on (a seeded random batch) accepts the export too.
+    assert OnnxRunner(onnx_path).meta["check"]["passed"]
     images = [str(tiny_coco.val_images)]
     torch_run = ["--output", str(tmp_path / "torch"), "--engine", "torch"]
     predict_main([*images, "--ckpt", str(checkpoint), *torch_run])
