@@ -141,10 +141,16 @@ def side_command(venv: Path, script: str, command: str, payload: dict[str, Any])
     return [str(venv / "bin" / "python"), str(SIDES / script), command, json.dumps(payload)]
 
 
+def side_env() -> dict[str, str]:
+    """The environment of every side: ``benchmarks/peers`` importable, Ultralytics offline."""
+    path = os.pathsep.join(filter(None, (str(SIDES), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": path, "YOLO_OFFLINE": "1"}
+
+
 def run_together(commands: dict[str, list[str]], cwd: dict[str, Path], logs: Path) -> dict:
     """Start every command at once (one thread each); wait for all; wall time and exit code."""
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(SIDES), "YOLO_OFFLINE": "1"}
+    env = {**side_env(), **ONE_THREAD}
     running, results = {}, {}
     for name, command in commands.items():
         cwd[name].mkdir(parents=True, exist_ok=True)
@@ -163,6 +169,10 @@ def run_together(commands: dict[str, list[str]], cwd: dict[str, Path], logs: Pat
             del running[name]
             results[name] = {"wall_s": round(time.perf_counter() - started, 1), "returncode": code}
             if code != 0:
+                for other, other_log, _ in running.values():  # no orphan left training
+                    other.terminate()
+                    other.wait()
+                    other_log.close()
                 tail = (logs / f"{name}.log").read_text()[-3000:]
                 raise SystemExit(f"{name} failed (exit {code}); end of {logs / name}.log:\n{tail}")
         time.sleep(0.5)
@@ -171,7 +181,7 @@ def run_together(commands: dict[str, list[str]], cwd: dict[str, Path], logs: Pat
 
 def run_side(command: list[str], log: Path, threads: int | None = None) -> float:
     """Run one scoring or timing command to its end; its wall time."""
-    env = {**os.environ, "PYTHONPATH": str(SIDES), "YOLO_OFFLINE": "1"}
+    env = side_env()
     if threads:
         env |= {k: str(threads) for k in ONE_THREAD}
     start = time.perf_counter()
@@ -381,7 +391,9 @@ def _entry(
     commands: dict[str, list[str]],
 ) -> dict[str, Any]:
     """One part's JSON entry: both sides' figures, the commands, where the time went."""
-    toolkit |= {"train_wall_s": walls["toolkit"]["wall_s"], "command": _shown(commands["toolkit"])}
+    launch = "OMP_NUM_THREADS=1 PYTHONPATH=benchmarks/peers "  # run in toolkit/ of the part
+    toolkit |= {"train_wall_s": walls["toolkit"]["wall_s"]}
+    toolkit["command"] = launch + _shown(commands["toolkit"])
     peer |= {"name": peer_name, "train_wall_s": walls["peer"]["wall_s"]}
     peer["command"] = _shown(commands["peer"][:3]) + " '{...}'"  # the JSON is in the log folder
     return {
