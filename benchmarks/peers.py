@@ -136,6 +136,15 @@ def toolkit_train_command(task: str, data: Data, minutes: float, extra: list[str
     ]
 
 
+def toolkit_predictions(data: Data, checkpoint: str, work: Path) -> Path:
+    """``tools/predict.py --coco`` on the part's validation split -> the predictions folder."""
+    predictions = work / "toolkit" / "predictions"
+    predict = [sys.executable, str(ROOT / "tools" / "predict.py"), "--ckpt", checkpoint]
+    predict += ["--coco", str(data.val_json), "--images", str(data.val_images)]
+    run_side([*predict, "--output", str(predictions)], work / "toolkit-predict.log")
+    return predictions
+
+
 def side_command(venv: Path, script: str, command: str, payload: dict[str, Any]) -> list[str]:
     """A peer script's command line in the peers' virtual environment."""
     return [str(venv / "bin" / "python"), str(SIDES / script), command, json.dumps(payload)]
@@ -259,10 +268,7 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     toolkit = {**toolkit_run(work / "toolkit", "detect"), **json.loads(speed.read_text())}
     peer = json.loads((work / "yolo" / "train.json").read_text())
     start = time.perf_counter()
-    predictions = work / "toolkit" / "predictions"
-    predict = [sys.executable, str(ROOT / "tools" / "predict.py"), "--ckpt", toolkit["checkpoint"]]
-    predict += ["--coco", str(data.val_json), "--images", str(data.val_images)]
-    run_side([*predict, "--output", str(predictions)], work / "toolkit-predict.log")
+    predictions = toolkit_predictions(data, toolkit["checkpoint"], work)
     peer_results = work / "yolo" / "results.json"
     payload = {**yolo, "weights": peer["last"], "images": val_images, "category_ids": category_ids}
     payload |= {"out": str(peer_results), "summary": str(work / "yolo" / "predict.json")}
@@ -348,10 +354,7 @@ def segment_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     toolkit = {**toolkit_run(work / "toolkit", "segment"), **json.loads(speed.read_text())}
     peer = json.loads((work / "unet" / "train.json").read_text())
     start = time.perf_counter()
-    predictions = work / "toolkit" / "predictions"
-    predict = [sys.executable, str(ROOT / "tools" / "predict.py"), "--ckpt", toolkit["checkpoint"]]
-    predict += ["--coco", str(data.val_json), "--images", str(data.val_images)]
-    run_side([*predict, "--output", str(predictions)], work / "toolkit-predict.log")
+    predictions = toolkit_predictions(data, toolkit["checkpoint"], work)
     peer_predictions = work / "unet" / "predictions"
     images = [
         [image, str(peer_predictions / f"{Path(image).stem}_label.png")] for image, _ in val_pairs

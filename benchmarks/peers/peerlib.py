@@ -7,8 +7,10 @@ function on the same input.
 
 from __future__ import annotations
 
+import json
 import socket
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,3 +99,13 @@ def _first_tensor(outputs: Any) -> Any:
     while not hasattr(outputs, "shape"):
         outputs = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs[0]
     return outputs
+
+
+def serve(commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+    """A side's entry point, ``script.py COMMAND PAYLOAD_JSON``: runs the command and writes its
+    result to the payload's ``summary`` file, where ``benchmarks/peers.py`` reads it."""
+    command, payload = sys.argv[1], json.loads(sys.argv[2])
+    result = commands[command](payload)
+    summary = Path(payload["summary"])
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    summary.write_text(json.dumps(result, indent=1))

@@ -190,8 +190,4 @@ def latency(args: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    command, payload = sys.argv[1], json.loads(sys.argv[2])
-    result = {"train": train, "predict": predict, "latency": latency}[command](payload)
-    summary = Path(payload["summary"])
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.write_text(json.dumps(result, indent=1))
+    peerlib.serve({"train": train, "predict": predict, "latency": latency})
