@@ -396,6 +396,9 @@ def test_worker_error_through_train_is_one_line(case: Case, tmp_path: Path, monk
         return real(self, image_id)
 
     monkeypatch.setattr(CocoIndex, "load_image", cut_on_read)
+    # The patch lives in this process: the worker must be its fork to see it (a fork server's
+    # workers import the module afresh).
+    monkeypatch.setenv("VISION_TASKS_WORKER_START", "fork")
     with pytest.raises(SystemExit) as error:
         train_main(
             [

@@ -8,6 +8,8 @@ and used, so ``tools/train.py --task NAME`` runs with no data argument.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.context
 import os
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
@@ -109,6 +111,35 @@ class _StartsOnFirstBatch:
         return next(self._iterator)
 
 
+WORKER_START_METHODS = ("forkserver", "spawn", "fork")
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How loader workers start: ``forkserver`` unless ``VISION_TASKS_WORKER_START`` says
+    ``spawn`` or ``fork``.
+
+    A forked worker inherits every lock of a multithreaded parent (OpenMP, OpenCV and ONNX
+    Runtime pools, the loaders' queue feeders, TensorBoard's writer) as it was at that instant;
+    one held then stays held in the child, which waits on it forever. A validation worker hung
+    so in CI on 2026-12-07 (its parent waited 600 s; which lock it was is not known). The fork
+    server is a fresh interpreter (exec, not fork) that only imports, and every worker is forked
+    from it: nothing is held there (Python 3.14's default for the same reason). The cost:
+    the dataset and collate function are pickled to each worker (a few tenths of a second an
+    epoch), and a script that starts training must guard it with ``if __name__ == "__main__"``;
+    ``VISION_TASKS_WORKER_START=fork`` is the way back for one that cannot.
+    """
+    method = os.environ.get("VISION_TASKS_WORKER_START", "forkserver")
+    if method not in WORKER_START_METHODS:
+        raise ValueError(
+            f"VISION_TASKS_WORKER_START={method!r}: choose one of {', '.join(WORKER_START_METHODS)}"
+        )
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # Imported once in the server, so each worker starts without importing torch again.
+        context.set_forkserver_preload(["__main__", __name__])
+    return context
+
+
 def default_num_workers() -> int:
     """Loader workers: decoding and augmentation in 2 processes keep a small CPU busy."""
     return min(2, os.cpu_count() or 1)
@@ -176,9 +207,10 @@ class VisionDataModule(L.LightningDataModule):
         """This task's view of one COCO split (``train`` switches augmentation on)."""
         raise NotImplementedError
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack samples into a batch dict; tasks with ragged targets override this."""
-        return default_collate(samples)
+    # A plain function, not a method: workers start from a clean process and get it pickled,
+    # and a bound method would drag the datamodule (and its trainer) along. Tasks with ragged
+    # targets set their own module-level function here the same way.
+    collate = staticmethod(default_collate)
 
     def train_batch_sampler(self, dataset: Dataset) -> Sampler | None:
         """A batch sampler for training (P x K for re-ID); ``None`` means shuffled batches."""
@@ -300,6 +332,8 @@ class VisionDataModule(L.LightningDataModule):
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
         )
+        if self.num_workers > 0:
+            common["multiprocessing_context"] = worker_context()
         if training:
             # Fresh workers every epoch: persistent ones would carry augmentation streams a
             # resumed run cannot rebuild. Their start-up is a small share of an epoch here.

@@ -128,6 +128,4 @@ class InstanceData(DetectData):
         """Every image of the split (images without objects are negatives)."""
         return InstanceDataset(index, self.image_size, train, self.colour_shift)
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Ragged boxes and masks per image: see :func:`collate_instances`."""
-        return collate_instances(samples)
+    collate = staticmethod(collate_instances)

@@ -494,6 +494,4 @@ class MultiTaskData(VisionDataModule):
         for part in parts:
             part.image_size = size
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """See :func:`collate_multitask`."""
-        return collate_multitask(samples)
+    collate = staticmethod(collate_multitask)

@@ -157,6 +157,18 @@ def pad_stack(tensors: list[Tensor], value: float) -> Tensor:
     )
 
 
+def collate_segmentation(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack; evaluation images (sizes may differ) are padded bottom/right with 0 (the
+    normalised mean colour), their masks with ignore."""
+    if "mask_original" not in samples[0]:
+        return default_collate(samples)
+    padded = {"image": 0.0, "mask": IGNORE_INDEX, "mask_original": IGNORE_INDEX}
+    batch = default_collate([{k: v for k, v in s.items() if k not in padded} for s in samples])
+    for key, value in padded.items():
+        batch[key] = pad_stack([s[key] for s in samples], value)
+    return batch
+
+
 class SegmentData(VisionDataModule):
     """Segmentation data: the shared splits plus the training crop and scale range.
 
@@ -223,13 +235,4 @@ class SegmentData(VisionDataModule):
             self.soft_targets,
         )
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack; evaluation images (sizes may differ) are padded bottom/right with 0 (the
-        normalised mean colour), their masks with ignore."""
-        if "mask_original" not in samples[0]:
-            return default_collate(samples)
-        padded = {"image": 0.0, "mask": IGNORE_INDEX, "mask_original": IGNORE_INDEX}
-        batch = default_collate([{k: v for k, v in s.items() if k not in padded} for s in samples])
-        for key, value in padded.items():
-            batch[key] = pad_stack([s[key] for s in samples], value)
-        return batch
+    collate = staticmethod(collate_segmentation)
