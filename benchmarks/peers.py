@@ -9,6 +9,9 @@ eager torch and in ONNX Runtime (one thread, median after warm-up, the same inpu
 - ``detect-bccd``: BCCD (Pascal VOC -> COCO JSON by ``tools/convert.py voc``, trainval / test;
   -> YOLO labels by ``tools/convert.py coco2yolo``) at 320 px, toolkit detector vs YOLOv8n;
   COCO box AP by pycocotools (``coco_evaluate``) on the test JSON for both.
+- ``detect-bccd-light``: the same, but the toolkit's detector in its lightest configuration of
+  ``benchmarks/detect_latency.py`` (224 px, neck width 32) against YOLOv8n at its 320 px: the
+  issue's "equal AP at no more than 1.5x YOLOv8n's latency" point of the curve.
 - ``detect-synthetic``: the same on the synthetic default (``tools/make_synthetic.py``) at
   its 320 px.
 - ``segment-synthetic``: the toolkit's segment task vs U-Net(resnet18) of
@@ -67,7 +70,10 @@ PEER_PINS = (
     "onnxslim==0.1.98",
     "onnxruntime==1.32.0",
 )
-PARTS = ("detect-bccd", "detect-synthetic", "segment-synthetic")
+PARTS = ("detect-bccd", "detect-bccd-light", "detect-synthetic", "segment-synthetic")
+# The toolkit's side of the "-light" parts: the fastest point of benchmarks/detect_latency.json.
+LIGHT_SIZE = 224
+LIGHT_ARGS = ["--data.image_size", str(LIGHT_SIZE), "--model.neck_width", "32"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -238,7 +244,9 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     from vision_tasks.data.coco import CocoIndex
 
     work, start = args.work / part, time.perf_counter()
-    name = part.removeprefix("detect-")
+    name = part.removeprefix("detect-").removesuffix("-light")
+    light = part.endswith("-light")
+    toolkit_size = LIGHT_SIZE if light else None
     data = prepare(name, args.work / "data")
     to_yolo(data, args.work / "data" / f"{name}-yolo")
     category_ids = CocoIndex(data.train_json, data.train_images).index_to_cat
@@ -247,7 +255,9 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     yolo = {"config_dir": str(work / "ultralytics-config"), "imgsz": data.image_size}
     speed = work / "toolkit" / "speed.json"
     commands = {
-        "toolkit": toolkit_train_command("detect", data, args.minutes, [], speed),
+        "toolkit": toolkit_train_command(
+            "detect", data, args.minutes, LIGHT_ARGS if light else [], speed
+        ),
         "peer": side_command(
             args.venv,
             "yolo_side.py",
@@ -286,7 +296,10 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         "size": data.image_size,
     }
     start = time.perf_counter()
-    toolkit["latency"] = time_toolkit(toolkit["checkpoint"], latency, work)
+    toolkit["image_size"] = toolkit_size or data.image_size
+    toolkit["latency"] = time_toolkit(
+        toolkit["checkpoint"], {**latency, "size": toolkit["image_size"]}, work
+    )
     payload = {
         **yolo,
         **latency,
@@ -434,6 +447,9 @@ def markdown_table(entries: list[dict[str, Any]]) -> str:
                 score = f"mIoU {scores['miou']:.3f}"
             else:
                 score = f"AP {scores['AP']:.3f} / AP50 {scores['AP50']:.3f}"
+            size = figures.get("image_size", entry["image_size"])
+            if side == "toolkit" and size != entry["image_size"]:
+                name += f" ({size} px, neck 32)" if entry["part"].endswith("-light") else ""
             lines.append(
                 f"| {entry['part']} ({entry['minutes']:g} min) | {name} | {score} | "
                 f"{figures['epochs']} | {figures['train_images_per_s']:.1f} | "
