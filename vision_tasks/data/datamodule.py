@@ -125,8 +125,9 @@ def worker_context() -> multiprocessing.context.BaseContext:
     server is a fresh interpreter (exec, not fork) that only imports, and every worker is forked
     from it: nothing is held there (Python 3.14's default for the same reason). The cost:
     the dataset and collate function are pickled to each worker (BCCD, 2 workers: the first
-    batch after 0.64 s instead of 0.12 s, once an epoch), and a script that starts training must guard it with ``if __name__ == "__main__"``;
-    ``VISION_TASKS_WORKER_START=fork`` is the way back for one that cannot.
+    batch after 0.64 s instead of 0.12 s, once an epoch), and a script that starts training
+    must guard it with ``if __name__ == "__main__"``; ``VISION_TASKS_WORKER_START=fork`` is
+    the way back for one that cannot.
     """
     method = os.environ.get("VISION_TASKS_WORKER_START", "forkserver")
     if method not in WORKER_START_METHODS:
