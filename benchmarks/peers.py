@@ -72,8 +72,8 @@ PEER_PINS = (
 )
 PARTS = ("detect-bccd", "detect-bccd-light", "detect-synthetic", "segment-synthetic")
 # The toolkit's side of the "-light" parts: the fastest point of benchmarks/detect_latency.json.
-LIGHT_SIZE = 224
-LIGHT_ARGS = ["--data.image_size", str(LIGHT_SIZE), "--model.neck_width", "32"]
+LIGHT_SIZE, LIGHT_NECK = 224, 32
+LIGHT_ARGS = ["--data.image_size", str(LIGHT_SIZE), "--model.neck_width", str(LIGHT_NECK)]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -246,7 +246,6 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     work, start = args.work / part, time.perf_counter()
     name = part.removeprefix("detect-").removesuffix("-light")
     light = part.endswith("-light")
-    toolkit_size = LIGHT_SIZE if light else None
     data = prepare(name, args.work / "data")
     to_yolo(data, args.work / "data" / f"{name}-yolo")
     category_ids = CocoIndex(data.train_json, data.train_images).index_to_cat
@@ -296,7 +295,7 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         "size": data.image_size,
     }
     start = time.perf_counter()
-    toolkit["image_size"] = toolkit_size or data.image_size
+    toolkit["image_size"] = LIGHT_SIZE if light else data.image_size
     toolkit["latency"] = time_toolkit(
         toolkit["checkpoint"], {**latency, "size": toolkit["image_size"]}, work
     )
@@ -447,9 +446,8 @@ def markdown_table(entries: list[dict[str, Any]]) -> str:
                 score = f"mIoU {scores['miou']:.3f}"
             else:
                 score = f"AP {scores['AP']:.3f} / AP50 {scores['AP50']:.3f}"
-            size = figures.get("image_size", entry["image_size"])
-            if side == "toolkit" and size != entry["image_size"]:
-                name += f" ({size} px, neck 32)" if entry["part"].endswith("-light") else ""
+            if side == "toolkit" and entry["part"].endswith("-light"):
+                name += f" ({LIGHT_SIZE} px, neck {LIGHT_NECK})"
             lines.append(
                 f"| {entry['part']} ({entry['minutes']:g} min) | {name} | {score} | "
                 f"{figures['epochs']} | {figures['train_images_per_s']:.1f} | "

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from vision_tasks.data.datamodule import WORKER_START_METHODS, worker_context
+from vision_tasks.cli import train_main
+from vision_tasks.data.datamodule import WORKER_START_METHODS, WorkerStartError, worker_context
 from vision_tasks.tasks import TASKS
 from vision_tasks.tasks.classify import ClassifyData
 
@@ -53,9 +54,22 @@ def test_the_start_method_can_be_chosen_and_a_wrong_one_is_named(monkeypatch) ->
     monkeypatch.setenv("VISION_TASKS_WORKER_START", "fork")
     assert worker_context().get_start_method() == "fork"
     monkeypatch.setenv("VISION_TASKS_WORKER_START", "forks")
-    with pytest.raises(ValueError, match=r"VISION_TASKS_WORKER_START='forks'.*forkserver"):
+    with pytest.raises(WorkerStartError, match=r"VISION_TASKS_WORKER_START='forks'.*forkserver"):
         worker_context()
     assert set(WORKER_START_METHODS) <= {"fork", "spawn", "forkserver"}
+
+
+def test_a_wrong_start_method_stops_training_with_one_line(
+    data_args, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VISION_TASKS_WORKER_START", "forks")
+    with pytest.raises(SystemExit) as error:
+        train_main(["--task", "classify", *data_args, "--trainer.fast_dev_run", "true"])
+    message = str(error.value.code)
+    assert message.startswith("error: VISION_TASKS_WORKER_START='forks'")
+    assert "\n" not in message
+    assert not list(tmp_path.glob("runs/classify/*"))  # a failed start leaves no run folder
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

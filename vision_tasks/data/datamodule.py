@@ -114,6 +114,10 @@ class _StartsOnFirstBatch:
 WORKER_START_METHODS = ("forkserver", "spawn", "fork")
 
 
+class WorkerStartError(ValueError):
+    """``VISION_TASKS_WORKER_START`` names no start method (a user error: one line)."""
+
+
 def worker_context() -> multiprocessing.context.BaseContext:
     """How loader workers start: ``forkserver`` unless ``VISION_TASKS_WORKER_START`` says
     ``spawn`` or ``fork``.
@@ -131,7 +135,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
     """
     method = os.environ.get("VISION_TASKS_WORKER_START", "forkserver")
     if method not in WORKER_START_METHODS:
-        raise ValueError(
+        raise WorkerStartError(
             f"VISION_TASKS_WORKER_START={method!r}: choose one of {', '.join(WORKER_START_METHODS)}"
         )
     context = multiprocessing.get_context(method)
@@ -199,6 +203,8 @@ class VisionDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        # Read here, not when the first loader starts: a wrong value is then one line at start-up.
+        self.worker_context = worker_context()
         self.policy = policy
         self.datasets: dict[str, Dataset] = {}
         self.split_labels: dict[str, str] = {}  # e.g. tools/evaluate.py --split NAME
@@ -334,7 +340,7 @@ class VisionDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
         if self.num_workers > 0:
-            common["multiprocessing_context"] = worker_context()
+            common["multiprocessing_context"] = self.worker_context
         if training:
             # Fresh workers every epoch: persistent ones would carry augmentation streams a
             # resumed run cannot rebuild. Their start-up is a small share of an epoch here.
