@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Batch-1 latency of lighter detector configurations: the latency half of a latency / AP curve.
 
-Each configuration (backbone, neck width, input size) is built freshly initialised (latency does
-not depend on the weights), exported to ONNX as ``tools/export.py`` does, and timed with the
-peers harness's timer (``benchmarks/peers/peerlib.latency``: one thread, batch 1, median after
-warm-up, eager torch in channels-last and ONNX Runtime), so the figures sit beside YOLOv8n's in
-``benchmarks/peers.json``. Writes ``benchmarks/detect_latency.json`` and prints a table.
+Each configuration (backbone, pyramid levels, neck width, input size) is built freshly
+initialised (latency does not depend on the weights), exported to ONNX as ``tools/export.py``
+does, and timed with the peers harness's timer (``benchmarks/peers/peerlib.latency``: one
+thread, batch 1, median after warm-up, eager torch in channels-last and ONNX Runtime), so the
+figures sit beside YOLOv8n's in ``benchmarks/peers.json``. Writes
+``benchmarks/detect_latency.json`` and prints a table.
 
     python benchmarks/detect_latency.py                       # the default grid
     python benchmarks/detect_latency.py --sizes 256 320 --widths 32 64 --repeats 30
+    python benchmarks/detect_latency.py --levels c3,c4,c5 c3,c4 --widths 32 --sizes 224 256
 """
 
 from __future__ import annotations
@@ -38,11 +40,21 @@ BCCD_CATEGORIES = [{"id": i, "name": n} for i, n in enumerate(["Platelets", "RBC
 
 
 def measure(
-    backbone: str, width: int, size: int, threads: int, warmup: int, repeats: int
+    backbone: str,
+    levels: tuple[str, ...],
+    width: int,
+    size: int,
+    threads: int,
+    warmup: int,
+    repeats: int,
 ) -> dict[str, Any]:
     """One configuration's parameters and batch-1 latency in torch and ONNX Runtime."""
     model = DetectTask(
-        categories=BCCD_CATEGORIES, image_size=size, neck_width=width, backbone=backbone
+        categories=BCCD_CATEGORIES,
+        image_size=size,
+        neck_width=width,
+        levels=levels,
+        backbone=backbone,
     ).eval()
     network = model.to(memory_format=torch.channels_last)
     network.peers_memory_format = torch.channels_last  # how predict feeds it
@@ -51,6 +63,7 @@ def measure(
         timing = latency(network, onnx, size, threads, warmup, repeats)
     return {
         "backbone": backbone,
+        "levels": list(levels),
         "neck_width": width,
         "image_size": size,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -63,12 +76,13 @@ def measure(
 def markdown(rows: list[dict[str, Any]]) -> str:
     """One table row per configuration."""
     lines = [
-        "| backbone | neck width | input | parameters | torch ms | ONNX Runtime ms |",
-        "|---|---|---|---|---|---|",
+        "| backbone | levels | neck width | input | parameters | torch ms | ONNX Runtime ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['backbone']} | {r['neck_width']} | {r['image_size']} | "
+            f"| {r['backbone']} | {'-'.join(r['levels'])} | {r['neck_width']} | "
+            f"{r['image_size']} | "
             f"{r['parameters'] / 1e6:.1f} M | {r['torch_ms']:.1f} | {r['onnxruntime_ms']:.1f} |"
         )
     return "\n".join(lines)
@@ -78,6 +92,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Time every (backbone, width, size) of the grid; write JSON; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+", default=["resnet18"])
+    parser.add_argument(
+        "--levels",
+        nargs="+",
+        default=["c3,c4,c5"],
+        help="pyramid level sets, each comma-separated (e.g. c3,c4,c5 c3,c4)",
+    )
     parser.add_argument("--widths", nargs="+", type=int, default=[32, 64])
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 256, 320])
     parser.add_argument("--threads", type=int, default=1)
@@ -86,11 +106,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rows = []
-    for backbone in args.backbones:
-        for width in args.widths:
-            for size in args.sizes:
-                rows.append(measure(backbone, width, size, args.threads, args.warmup, args.repeats))
-                print(json.dumps(rows[-1]), flush=True)
+    grid = [
+        (backbone, tuple(levels.split(",")), width, size)
+        for backbone in args.backbones
+        for levels in args.levels
+        for width in args.widths
+        for size in args.sizes
+    ]
+    for configuration in grid:
+        rows.append(measure(*configuration, args.threads, args.warmup, args.repeats))
+        print(json.dumps(rows[-1]), flush=True)
     atomic_write_json(args.output, {"environment": environment(), "rows": rows})
     print(markdown(rows))
     return rows

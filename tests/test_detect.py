@@ -19,6 +19,7 @@ from vision_tasks import ops
 from vision_tasks.data.coco import CocoIndex
 from vision_tasks.evaluation.coco_eval import BOX_STATS, coco_evaluate
 from vision_tasks.tasks.detect import (
+    DetectConfigError,
     DetectData,
     DetectDataset,
     DetectTask,
@@ -217,6 +218,50 @@ def test_decode_maps_to_original_pixels_and_category_ids() -> None:
     )
     torch.testing.assert_close(prediction["bbox"][0], expected, atol=1e-3, rtol=0)
     assert prediction["category_id"].tolist() == [3] and prediction["image_id"] == 7
+
+
+@pytest.mark.parametrize(
+    "levels, strides, trunk_levels",
+    [
+        (["c3", "c4"], [8, 16], ["stem", "c2", "c3", "c4"]),
+        (["c2", "c3"], [4, 8], ["stem", "c2", "c3"]),
+    ],
+)
+def test_fewer_levels_predict_on_their_grid_and_keep_the_stages_they_read(
+    levels, strides, trunk_levels
+) -> None:
+    torch.manual_seed(0)
+    full = DetectTask(categories=CATEGORIES, image_size=64).eval()
+    light = DetectTask(categories=CATEGORIES, image_size=64, levels=levels).eval()
+    assert light.strides == strides
+    outputs = light(torch.zeros(2, 3, 64, 96))
+    cells = sum((64 // s) * (96 // s) for s in strides)
+    assert outputs["cls_logits"].shape == (2, cells, 2) and outputs["points"].shape == (cells, 2)
+    assert sorted(set(outputs["strides"].flatten().tolist())) == strides
+    # The kept stages are the full trunk's: the same weights give the same features.
+    light.backbone.load_state_dict(full.backbone.state_dict(), strict=False)
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ours, reference = light.backbone(image), full.backbone(image)
+    assert list(ours) == trunk_levels  # stages past the last level read are gone
+    for level in ours:
+        torch.testing.assert_close(ours[level], reference[level])
+
+
+@pytest.mark.parametrize("levels", [[], ["c3", "c5"], ["c4", "c3"], ["p3", "p4"], ["c3", "c3"]])
+def test_levels_that_cannot_form_a_pyramid_are_one_clear_error(levels) -> None:
+    with pytest.raises(DetectConfigError, match=r"consecutive backbone levels.*got \["):
+        DetectTask(categories=CATEGORIES, image_size=64, levels=levels)
+
+
+def test_levels_error_from_train_is_one_line_and_leaves_no_run(tmp_path, monkeypatch) -> None:
+    from vision_tasks.cli import train_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--task", "detect", "--model.levels", "[c3, c5]", "--trainer.max_epochs", "1"])
+    assert str(exit_.value).startswith("error: --model.levels must be consecutive")
+    assert "\n" not in str(exit_.value) and not (tmp_path / "runs").exists()
 
 
 def test_coco_backend_option_reaches_both_box_metrics(tmp_path, monkeypatch, capsys) -> None:

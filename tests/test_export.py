@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -155,14 +156,14 @@ PERSON = [{"id": 1, "name": "person", "supercategory": "person"}]
 SCORE_TOLERANCE, BOX_TOLERANCE_PX = 1e-4, 1e-2  # float32 reordering moves both by ~1e-6
 
 
-def _save_detector(path: Path, seed: int) -> Path:
+def _save_detector(path: Path, seed: int, **options: Any) -> Path:
     """A freshly initialised 64-px detector, saved as the trainer saves checkpoints."""
     import lightning as L
 
     from vision_tasks.tasks.detect import DetectTask
 
     torch.manual_seed(seed)
-    model = DetectTask(categories=PERSON, image_size=64)
+    model = DetectTask(categories=PERSON, image_size=64, **options)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path)
@@ -230,6 +231,17 @@ def test_auto_exports_once_reuses_the_cache_and_matches_torch(detector, exports,
     os.utime(checkpoint, ns=(1, 1))
     _predict(checkpoint, frames, tmp_path / "touched")
     assert len(exports) == 1
+
+
+def test_a_detector_on_two_levels_reloads_and_its_export_predicts_as_torch(detector, tmp_path):
+    _, frames = detector
+    checkpoint = _save_detector(tmp_path / "c3c4" / "detect.ckpt", seed=1, levels=["c3", "c4"])
+    model = load_task_checkpoint(checkpoint)
+    assert model.levels == ("c3", "c4") and model.strides == [8, 16]
+    assert len(model.backbone.stages) == 3  # c5's stage is not in the checkpoint or the graph
+    by_torch = _predict(checkpoint, frames, tmp_path / "torch", "--engine", "torch")
+    by_onnx = _predict(checkpoint, frames, tmp_path / "onnx", "--engine", "onnx")
+    _assert_same_detections(by_torch, by_onnx)
 
 
 def test_a_changed_checkpoint_is_exported_again(detector, exports, tmp_path) -> None:

@@ -13,7 +13,15 @@ loss), ``postprocess.py`` (NMS), ``data.py`` (dataset view, collate, data module
 """
 
 from vision_tasks.tasks.detect.data import DetectData, DetectDataset, collate_detection
-from vision_tasks.tasks.detect.head import LEVELS, DetectHead, decode_boxes, grid_points
+from vision_tasks.tasks.detect.head import (
+    LEVEL_CHOICES,
+    LEVELS,
+    DetectConfigError,
+    DetectHead,
+    check_levels,
+    decode_boxes,
+    grid_points,
+)
 from vision_tasks.tasks.detect.loss import (
     Assignment,
     assign_points,
@@ -27,6 +35,9 @@ from vision_tasks.tasks.detect.postprocess import postprocess
 
 __all__ = [
     "LEVELS",
+    "LEVEL_CHOICES",
+    "DetectConfigError",
+    "check_levels",
     "Assignment",
     "DetectData",
     "DetectDataset",

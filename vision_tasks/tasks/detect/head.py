@@ -14,6 +14,25 @@ from vision_tasks import ops
 from vision_tasks.layers import ConvBNAct
 
 LEVELS = ("c3", "c4", "c5")
+# Backbone levels a detector may read (``DetectTask(levels=...)``): a run of consecutive ones,
+# since the neck fuses each level with its neighbour at half or double the resolution.
+LEVEL_CHOICES = ("c2", "c3", "c4", "c5")
+
+
+class DetectConfigError(ValueError):
+    """A detector option that cannot build a model (e.g. levels that are not consecutive)."""
+
+
+def check_levels(levels: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Return ``levels`` as a tuple if they are consecutive :data:`LEVEL_CHOICES`, finest first."""
+    levels = tuple(levels)
+    chosen = [LEVEL_CHOICES.index(level) for level in levels if level in LEVEL_CHOICES]
+    if not levels or len(chosen) != len(levels) or chosen != list(range(chosen[0], chosen[-1] + 1)):
+        raise DetectConfigError(
+            f"--model.levels must be consecutive backbone levels, finest first, out of "
+            f"{', '.join(LEVEL_CHOICES)} (e.g. [c3, c4]); got {list(levels)}"
+        )
+    return levels
 
 
 class DetectHead(nn.Module):

@@ -1,5 +1,5 @@
-"""DetectTask: backbone c3..c5 -> PAN neck -> :class:`~.head.DetectHead`; loss, decoding back to
-the original image, metric, report and prediction drawings.
+"""DetectTask: backbone levels (c3..c5 by default) -> PAN neck -> :class:`~.head.DetectHead`;
+loss, decoding back to the original image, metric, report and prediction drawings.
 """
 
 from __future__ import annotations
@@ -16,18 +16,21 @@ from vision_tasks.evaluation.coco_eval import CocoBoxMetric, results_from_predic
 from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import PANNeck
 from vision_tasks.tasks.base import BaseTask, letterbox_numbers, letterbox_sample, samples_figure
-from vision_tasks.tasks.detect.head import LEVELS, DetectHead, grid_points
+from vision_tasks.tasks.detect.head import LEVELS, DetectHead, check_levels, grid_points
 from vision_tasks.tasks.detect.loss import detection_loss, pad_targets
 from vision_tasks.tasks.detect.postprocess import postprocess
 
 
 class DetectTask(BaseTask):
-    """Anchor-free one-stage detector: backbone c3..c5 -> PAN neck -> decoupled head.
+    """Anchor-free one-stage detector: backbone levels -> PAN neck -> decoupled head.
 
     Args:
         categories: COCO category records (id, name); linked from the data module.
         image_size: letterbox side the model was trained at (kept for prediction).
         neck_width: channels of the neck and head.
+        levels: consecutive backbone levels the neck reads, finest first (c2..c5). Fewer than
+            the default c3, c4, c5 make a lighter model: ``[c3, c4]`` drops the ResNet's last
+            stage entirely (docs/benchmarks.md, "Lighter configurations").
         assign_top_k: positives per object in the task-aligned assigner.
         box_loss_weight: weight of the CIoU loss.
         cls_loss_weight: weight of the classification BCE.
@@ -50,6 +53,7 @@ class DetectTask(BaseTask):
         categories: list[dict[str, Any]] | None = None,
         image_size: int = 256,
         neck_width: int = 64,
+        levels: tuple[str, ...] = LEVELS,
         assign_top_k: int = 10,
         box_loss_weight: float = 5.0,
         cls_loss_weight: float = 1.0,
@@ -83,10 +87,13 @@ class DetectTask(BaseTask):
             raise ValueError("DetectTask needs categories (linked from the data module)")
         self.categories = categories
         self.class_names = [c["name"] for c in categories]
-        channels = [self.backbone.out_channels[level] for level in LEVELS]
+        self.levels = check_levels(levels)
+        # Stages past the last level read would run on every image for nothing.
+        self.backbone.truncate(self.levels[-1])
+        channels = [self.backbone.out_channels[level] for level in self.levels]
         self.neck = PANNeck(channels, neck_width)
-        self.head = DetectHead(neck_width, len(categories), len(LEVELS))
-        self.strides = [self.backbone.strides[level] for level in LEVELS]
+        self.head = DetectHead(neck_width, len(categories), len(self.levels))
+        self.strides = [self.backbone.strides[level] for level in self.levels]
         self.val_metric = CocoBoxMetric(backend=coco_backend)
         self.test_metric = CocoBoxMetric(backend=coco_backend)
         self._grid: tuple[tuple, Tensor, Tensor] | None = None
@@ -95,7 +102,7 @@ class DetectTask(BaseTask):
         """(B, 3, S, S) -> ``cls_logits`` (B, N, C), ``box_regression`` (B, N, 4),
         ``points`` (N, 2) and ``strides`` (N, 1)."""
         features = self.backbone(images)
-        pyramid = self.neck([features[level] for level in LEVELS])
+        pyramid = self.neck([features[level] for level in self.levels])
         cls_logits, box_regression = self.head(pyramid)
         points, strides = self._grid_for([tuple(p.shape[-2:]) for p in pyramid], images.device)
         return {

@@ -32,7 +32,6 @@ from vision_tasks.evaluation.report import Figure, Report
 from vision_tasks.layers import ConvBNAct
 from vision_tasks.tasks.base import letterbox_numbers, samples_figure
 from vision_tasks.tasks.detect import (
-    LEVELS,
     DetectTask,
     assign_points,
     decode_boxes,
@@ -264,7 +263,7 @@ class InstanceTask(DetectTask):
         self.prototypes = PrototypeBranch(
             neck_width, c2_channels, prototype_channels, num_prototypes
         )
-        self.coefficients = MaskCoefficientHead(neck_width, num_prototypes, len(LEVELS))
+        self.coefficients = MaskCoefficientHead(neck_width, num_prototypes, len(self.levels))
         self.val_metric = CocoMaskMetric(
             len(categories), self.draw_score_threshold, backend=coco_backend
         )
@@ -276,7 +275,7 @@ class InstanceTask(DetectTask):
         """(B, 3, S, S) -> detection's outputs (see :meth:`DetectTask.forward`) plus
         ``mask_coeffs`` (B, N, k) and ``protos`` (B, k, S/4, S/4)."""
         features = self.backbone(images)
-        pyramid = self.neck([features[level] for level in LEVELS])
+        pyramid = self.neck([features[level] for level in self.levels])
         cls_logits, box_regression = self.head(pyramid)
         points, strides = self._grid_for([tuple(p.shape[-2:]) for p in pyramid], images.device)
         return {
