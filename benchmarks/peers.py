@@ -9,9 +9,10 @@ eager torch and in ONNX Runtime (one thread, median after warm-up, the same inpu
 - ``detect-bccd``: BCCD (Pascal VOC -> COCO JSON by ``tools/convert.py voc``, trainval / test;
   -> YOLO labels by ``tools/convert.py coco2yolo``) at 320 px, toolkit detector vs YOLOv8n;
   COCO box AP by pycocotools (``coco_evaluate``) on the test JSON for both.
-- ``detect-bccd-light``: the same, but the toolkit's detector in its lightest configuration of
-  ``benchmarks/detect_latency.py`` (224 px, neck width 32) against YOLOv8n at its 320 px: the
-  issue's "equal AP at no more than 1.5x YOLOv8n's latency" point of the curve.
+- ``detect-bccd-light``, ``detect-bccd-c3c4``, ``detect-bccd-c3c4-224``: the same, but the
+  toolkit's detector in lighter configurations of ``benchmarks/detect_latency.py`` (``LIGHTER``:
+  224 px with neck width 32; neck 32 on levels c3-c4 only at 256 and at 224 px) against YOLOv8n
+  at its 320 px: points of the latency / AP curve near YOLOv8n's latency.
 - ``detect-synthetic``: the same on the synthetic default (``tools/make_synthetic.py``) at
   its 320 px.
 - ``segment-synthetic``: the toolkit's segment task vs U-Net(resnet18) of
@@ -23,7 +24,7 @@ created and filled with pinned versions on first use; never a dependency of the 
 by ``benchmarks/peers/yolo_side.py`` and ``unet_side.py`` with the network refused. Generated
 data and runs go to ``runs/peers/`` (ignored by git); figures to ``benchmarks/peers.json``.
 
-    python benchmarks/peers.py                                   # all three, 30 min each
+    python benchmarks/peers.py                                   # every part, 30 min each
     python benchmarks/peers.py --only detect-bccd --minutes 1    # a smoke run of one part
 
 Threads: each side gets one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``) and no
@@ -70,10 +71,14 @@ PEER_PINS = (
     "onnxslim==0.1.98",
     "onnxruntime==1.32.0",
 )
-PARTS = ("detect-bccd", "detect-bccd-light", "detect-synthetic", "segment-synthetic")
-# The toolkit's side of the "-light" parts: the fastest point of benchmarks/detect_latency.json.
-LIGHT_SIZE, LIGHT_NECK = 224, 32
-LIGHT_ARGS = ["--data.image_size", str(LIGHT_SIZE), "--model.neck_width", str(LIGHT_NECK)]
+# The toolkit's side of the lighter BCCD parts, points of benchmarks/detect_latency.json: input
+# size and the model options that differ from detect.yaml (YOLOv8n stays at the data's 320 px).
+LIGHTER = {
+    "detect-bccd-light": (224, {"neck_width": "32"}),
+    "detect-bccd-c3c4": (256, {"neck_width": "32", "levels": "[c3, c4]"}),
+    "detect-bccd-c3c4-224": (224, {"neck_width": "32", "levels": "[c3, c4]"}),
+}
+PARTS = ("detect-bccd", *LIGHTER, "detect-synthetic", "segment-synthetic")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -244,8 +249,10 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     from vision_tasks.data.coco import CocoIndex
 
     work, start = args.work / part, time.perf_counter()
-    name = part.removeprefix("detect-").removesuffix("-light")
-    light = part.endswith("-light")
+    name = part.split("-")[1]
+    size, options = LIGHTER.get(part, (None, {}))
+    lighter = ["--data.image_size", str(size)] if size else []
+    lighter += [arg for key, value in options.items() for arg in (f"--model.{key}", value)]
     data = prepare(name, args.work / "data")
     to_yolo(data, args.work / "data" / f"{name}-yolo")
     category_ids = CocoIndex(data.train_json, data.train_images).index_to_cat
@@ -254,9 +261,7 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     yolo = {"config_dir": str(work / "ultralytics-config"), "imgsz": data.image_size}
     speed = work / "toolkit" / "speed.json"
     commands = {
-        "toolkit": toolkit_train_command(
-            "detect", data, args.minutes, LIGHT_ARGS if light else [], speed
-        ),
+        "toolkit": toolkit_train_command("detect", data, args.minutes, lighter, speed),
         "peer": side_command(
             args.venv,
             "yolo_side.py",
@@ -295,7 +300,8 @@ def detect_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         "size": data.image_size,
     }
     start = time.perf_counter()
-    toolkit["image_size"] = LIGHT_SIZE if light else data.image_size
+    toolkit["image_size"] = size or data.image_size
+    toolkit["options"] = options
     toolkit["latency"] = time_toolkit(
         toolkit["checkpoint"], {**latency, "size": toolkit["image_size"]}, work
     )
@@ -446,8 +452,9 @@ def markdown_table(entries: list[dict[str, Any]]) -> str:
                 score = f"mIoU {scores['miou']:.3f}"
             else:
                 score = f"AP {scores['AP']:.3f} / AP50 {scores['AP50']:.3f}"
-            if side == "toolkit" and entry["part"].endswith("-light"):
-                name += f" ({LIGHT_SIZE} px, neck {LIGHT_NECK})"
+            if side == "toolkit" and entry["part"] in LIGHTER:
+                size, options = LIGHTER[entry["part"]]
+                name += f" ({size} px, " + ", ".join(f"{k} {v}" for k, v in options.items()) + ")"
             lines.append(
                 f"| {entry['part']} ({entry['minutes']:g} min) | {name} | {score} | "
                 f"{figures['epochs']} | {figures['train_images_per_s']:.1f} | "
