@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> No
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("VISION_TASKS_CACHE", str(cache))
     monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_in_the_working_directory() -> Iterator[None]:
+    """A test writes under tmp_path only. Lightning puts ``checkpoints/`` and ``lightning_logs/``
+    in the working directory when a Trainer has no ``default_root_dir`` (the tasks bring their
+    own ModelCheckpoint even with ``enable_checkpointing=False``): that fails the test."""
+    cwd = Path.cwd()
+    before = set(os.listdir(cwd))
+    yield
+    added = sorted(set(os.listdir(cwd)) - before)
+    assert not added, f"the test left {added} in {cwd}: give its Trainer default_root_dir"
 
 
 @pytest.fixture(scope="session")

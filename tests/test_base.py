@@ -44,7 +44,7 @@ class _StopAfterTwoSteps(L.Callback):
         trainer.should_stop = trainer.global_step >= 2
 
 
-def _fit_two_steps(tiny_coco, callbacks: list) -> torch.optim.Optimizer:
+def _fit_two_steps(tiny_coco, callbacks: list, root) -> torch.optim.Optimizer:
     torch.manual_seed(0)
     data = ClassifyData(
         str(tiny_coco.train_json),
@@ -65,6 +65,9 @@ def _fit_two_steps(tiny_coco, callbacks: list) -> torch.optim.Optimizer:
         callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
+        # The task's own ModelCheckpoint comes back through configure_callbacks: keep its files
+        # out of the working directory.
+        default_root_dir=root,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
@@ -73,18 +76,18 @@ def _fit_two_steps(tiny_coco, callbacks: list) -> torch.optim.Optimizer:
 
 
 def test_a_time_budget_anneals_the_learning_rate_and_the_optimiser_is_fused(
-    tiny_coco, clock_at
+    tiny_coco, clock_at, tmp_path
 ) -> None:
     # The fake clock says 90% of max_time is gone after 2 of 200 steps: the learning rate is
     # already near its floor, as the budget's end would otherwise cut it at its peak.
-    optimizer = _fit_two_steps(tiny_coco, [clock_at(0.9), _StopAfterTwoSteps()])
+    optimizer = _fit_two_steps(tiny_coco, [clock_at(0.9), _StopAfterTwoSteps()], tmp_path)
     assert optimizer.state_dict()["state"][0]["step"] == 2
     assert optimizer.defaults["fused"] is True
     for group in optimizer.param_groups:
         assert group["lr"] == pytest.approx(0.01 * cosine(0.9, 0.05), rel=1e-6)
 
 
-def test_mixed_precision_trains_in_bfloat16_and_evaluates_in_float32(tiny_coco) -> None:
+def test_mixed_precision_trains_in_bfloat16_and_evaluates_in_float32(tiny_coco, tmp_path) -> None:
     """Reports must not move with --trainer.precision: evaluation switches autocast off."""
     data = ClassifyData(
         str(tiny_coco.train_json),
@@ -105,6 +108,7 @@ def test_mixed_precision_trains_in_bfloat16_and_evaluates_in_float32(tiny_coco) 
         precision="bf16-mixed",
         logger=False,
         enable_checkpointing=False,
+        default_root_dir=tmp_path,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
