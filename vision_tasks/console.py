@@ -22,19 +22,12 @@ from tqdm import tqdm
 from vision_tasks.backbone import BackboneWeightsError
 from vision_tasks.data.coco import CocoDataError
 from vision_tasks.data.datamodule import WorkerStartError
-from vision_tasks.tasks.detect.head import DetectConfigError
 
 if TYPE_CHECKING:
     from vision_tasks.tasks.base import BaseTask
 
 # Errors in what the user gave (data, weights, a diverging run): one line, no traceback.
-USER_ERRORS = (
-    CocoDataError,
-    BackboneWeightsError,
-    FloatingPointError,
-    WorkerStartError,
-    DetectConfigError,
-)
+USER_ERRORS = (CocoDataError, BackboneWeightsError, FloatingPointError, WorkerStartError)
 
 # Logged at INFO by Lightning on every run; none tells the user something to act on.
 LIGHTNING_CHATTER = (

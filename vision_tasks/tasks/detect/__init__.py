@@ -16,7 +16,6 @@ from vision_tasks.tasks.detect.data import DetectData, DetectDataset, collate_de
 from vision_tasks.tasks.detect.head import (
     LEVEL_CHOICES,
     LEVELS,
-    DetectConfigError,
     DetectHead,
     check_levels,
     decode_boxes,
@@ -36,7 +35,6 @@ from vision_tasks.tasks.detect.postprocess import postprocess
 __all__ = [
     "LEVELS",
     "LEVEL_CHOICES",
-    "DetectConfigError",
     "check_levels",
     "Assignment",
     "DetectData",

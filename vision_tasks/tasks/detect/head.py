@@ -19,16 +19,15 @@ LEVELS = ("c3", "c4", "c5")
 LEVEL_CHOICES = ("c2", "c3", "c4", "c5")
 
 
-class DetectConfigError(ValueError):
-    """A detector option that cannot build a model (e.g. levels that are not consecutive)."""
-
-
 def check_levels(levels: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Return ``levels`` as a tuple if they are consecutive :data:`LEVEL_CHOICES`, finest first."""
+    """Return ``levels`` as a tuple if they are consecutive :data:`LEVEL_CHOICES`, finest first.
+
+    A ``ValueError`` from a constructor is one ``error:`` line from ``tools/train.py``
+    (``VisionCLI.instantiate_classes``)."""
     levels = tuple(levels)
     chosen = [LEVEL_CHOICES.index(level) for level in levels if level in LEVEL_CHOICES]
     if not levels or len(chosen) != len(levels) or chosen != list(range(chosen[0], chosen[-1] + 1)):
-        raise DetectConfigError(
+        raise ValueError(
             f"--model.levels must be consecutive backbone levels, finest first, out of "
             f"{', '.join(LEVEL_CHOICES)} (e.g. [c3, c4]); got {list(levels)}"
         )
